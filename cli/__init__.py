@@ -1,0 +1,1 @@
+"""linreg's command line: options, files and output. The math lives in ``regression``."""

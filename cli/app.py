@@ -1,0 +1,314 @@
+"""The ``linreg`` command. Options become a ``TrainConfig``; the library does the work.
+
+Only typer and the pure-Python config are imported at the top, so ``--help`` stays fast;
+torch, numpy and matplotlib are imported by the commands that use them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from regression import __version__
+from regression.config import TrainConfig, parse_lr, to_toml
+from regression.errors import (
+    ConfigError,
+    DataError,
+    ModelFileError,
+    OutputExistsError,
+    RegressionError,
+)
+
+from . import output
+from .exit_codes import ExitCode
+
+DEFAULTS = TrainConfig()
+SYNTHETIC = "Synthetic data"
+TRAINING = "Training"
+OUTPUT = "Output"
+
+app = typer.Typer(
+    name="linreg",
+    help="Fit linear regressions with PyTorch (nn.Linear + SGD on MSELoss) from the shell.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # rich help panels only on a terminal; plain text in pipes and logs
+    rich_markup_mode="rich" if output.is_terminal(sys.stdout) else None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; carries the exit status."""
+
+    def __init__(self, code: ExitCode, name: str) -> None:
+        super().__init__(name)
+        self.code = code
+        self.name = name
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"linreg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def linreg(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Fit linear regressions with PyTorch (nn.Linear + SGD on MSELoss) from the shell.
+
+    Exit codes: 0 success, 1 failure while running, 2 invalid usage or input,
+    130/143 interrupted by SIGINT/SIGTERM.
+    """
+
+
+@app.command(no_args_is_help=False)
+def train(
+    samples: Annotated[
+        int, typer.Option(help="Rows of synthetic data (>= 1).", rich_help_panel=SYNTHETIC)
+    ] = DEFAULTS.samples,
+    features: Annotated[
+        int, typer.Option(help="Feature columns of synthetic data (>= 1).", rich_help_panel=SYNTHETIC)
+    ] = DEFAULTS.features,
+    weight: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="True weight; repeat once per feature, or give one value for all "
+            f"[default: {DEFAULTS.weight[0]}].",
+            show_default=False,
+            rich_help_panel=SYNTHETIC,
+        ),
+    ] = None,
+    bias: Annotated[
+        float, typer.Option(help="True intercept.", rich_help_panel=SYNTHETIC)
+    ] = DEFAULTS.bias,
+    noise: Annotated[
+        float,
+        typer.Option(help="Standard deviation of the Gaussian noise (>= 0).", rich_help_panel=SYNTHETIC),
+    ] = DEFAULTS.noise,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed of the data and the mini-batch order (>= 0).", rich_help_panel=SYNTHETIC),
+    ] = DEFAULTS.seed,
+    epochs: Annotated[
+        int, typer.Option(help="Most passes over the training data (>= 1).", rich_help_panel=TRAINING)
+    ] = DEFAULTS.epochs,
+    lr: Annotated[
+        str,
+        typer.Option(
+            help="SGD step size (> 0), or 'auto': 1/L from the curvature of the data.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = "auto",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Rows per mini-batch, reshuffled each epoch; 0 = full batch.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = DEFAULTS.batch_size,
+    momentum: Annotated[
+        float, typer.Option(help="SGD momentum, in [0, 1).", rich_help_panel=TRAINING)
+    ] = DEFAULTS.momentum,
+    weight_decay: Annotated[
+        float,
+        typer.Option(help="L2 penalty on the weights (>= 0), in training units.", rich_help_panel=TRAINING),
+    ] = DEFAULTS.weight_decay,
+    standardize: Annotated[
+        bool,
+        typer.Option(
+            help="Train on standardized features; coefficients are reported in data units.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = DEFAULTS.standardize,
+    tol: Annotated[
+        float,
+        typer.Option(
+            help="Stop when the loss improves by less than this (relative); 0 runs every epoch.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = DEFAULTS.tol,
+    patience: Annotated[
+        int,
+        typer.Option(help="... for this many epochs in a row (>= 1).", rich_help_panel=TRAINING),
+    ] = DEFAULTS.patience,
+    device: Annotated[
+        str,
+        typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.", rich_help_panel=TRAINING),
+    ] = DEFAULTS.device,
+    dtype: Annotated[
+        str, typer.Option(help="float32 or float64.", rich_help_panel=TRAINING)
+    ] = DEFAULTS.dtype,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory [default: a new runs/<UTC time>]. Must be new or empty.",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Allow a non-empty --out; its files are replaced.", rich_help_panel=OUTPUT)
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure path; .png, .svg or .pdf [default: DIR/plot.png].",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    no_plot: Annotated[
+        bool, typer.Option("--no-plot", help="Do not draw the figure.", rich_help_panel=OUTPUT)
+    ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="Print only the metrics JSON on stdout.", rich_help_panel=OUTPUT),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Print nothing unless there is an error.", rich_help_panel=OUTPUT),
+    ] = False,
+    print_config: Annotated[
+        bool,
+        typer.Option(help="Print the resolved options as TOML and exit.", rich_help_panel=OUTPUT),
+    ] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Append progress lines and the summary to this file.", rich_help_panel=OUTPUT),
+    ] = None,
+    summary: Annotated[
+        bool,
+        typer.Option(help="Print the coefficient table (std err, t, p, CI).", rich_help_panel=OUTPUT),
+    ] = False,
+    confidence: Annotated[
+        float,
+        typer.Option(help="Confidence level of the intervals, in (0, 1).", rich_help_panel=OUTPUT),
+    ] = 0.95,
+    debug: Annotated[
+        bool,
+        typer.Option(help="Show tracebacks of unexpected errors (or LINREG_DEBUG=1).", rich_help_panel=OUTPUT),
+    ] = False,
+) -> None:
+    """Train nn.Linear with SGD on MSELoss; write metrics, model, history and figure.
+
+    With no options it runs the demo: 100 samples of y = 2x + 1 + 0.1 N(0, 1).
+    """
+    config = TrainConfig(
+        samples=samples,
+        features=features,
+        weight=tuple(weight) if weight else DEFAULTS.weight,
+        bias=bias,
+        noise=noise,
+        seed=seed,
+        epochs=epochs,
+        lr=parse_lr(lr),
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        standardize=standardize,
+        tol=tol,
+        patience=patience,
+        device=device,
+        dtype=dtype,
+    )
+    if not 0 < confidence < 1:
+        raise ConfigError("confidence", "must be in (0, 1)", confidence)
+    if plot is not None and no_plot:
+        raise ConfigError("plot", "cannot be combined with --no-plot", str(plot))
+    if print_config:
+        print(to_toml(config.to_dict()), end="")
+        return
+    from .train_command import run_train
+
+    run_train(
+        config,
+        out=out,
+        overwrite=overwrite,
+        plot=None if no_plot else plot,
+        draw=not no_plot,
+        json_output=json_output,
+        quiet=quiet,
+        log_file=log_file,
+        summary=summary,
+        confidence=confidence,
+    )
+
+
+EXIT_CODES: list[tuple[type[RegressionError], ExitCode]] = [
+    (ConfigError, ExitCode.USAGE),
+    (DataError, ExitCode.USAGE),
+    (ModelFileError, ExitCode.USAGE),
+    (OutputExistsError, ExitCode.USAGE),
+    (RegressionError, ExitCode.FAILURE),
+]
+
+
+def exit_code_for(exc: RegressionError) -> ExitCode:
+    return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+
+
+def message_for(exc: RegressionError) -> str:
+    if isinstance(exc, ConfigError):
+        return f"--{exc.option.replace('_', '-')} {exc.rule}, got {_shown(exc.value)}"
+    return str(exc)
+
+
+def _shown(value: Any) -> str:
+    return str(value) if isinstance(value, int | float) else repr(value)
+
+
+def _on_signal(number: int, frame: FrameType | None) -> NoReturn:
+    # a second signal while the first is being handled ends the process at once
+    signal.signal(number, signal.SIG_DFL)
+    code, name = (
+        (ExitCode.SIGTERM, "SIGTERM") if number == signal.SIGTERM else (ExitCode.SIGINT, "SIGINT")
+    )
+    raise Interrupted(code, name)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of ``linreg`` and ``python -m cli``: one place turns failures into exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("LINREG_DEBUG", "") not in ("", "0")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="linreg", standalone_mode=False)
+        code = result if isinstance(result, int) else ExitCode.OK
+    except RegressionError as exc:
+        if debug:
+            raise
+        output.error(message_for(exc))
+        code = exit_code_for(exc)
+    except typer.TyperException as exc:  # usage errors found while parsing the command line
+        hint = " (see linreg --help)" if getattr(exc, "exit_code", 1) == 2 else ""
+        output.error(exc.format_message() + hint)
+        code = getattr(exc, "exit_code", ExitCode.USAGE)
+    except Interrupted as exc:
+        output.error(f"interrupted by {exc.name}; no results were written")
+        code = exc.code
+    except typer.Abort:
+        output.error("aborted")
+        code = ExitCode.FAILURE
+    except Exception as exc:
+        if debug:
+            raise
+        output.error(
+            f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+        )
+        code = ExitCode.FAILURE
+    sys.exit(int(code))

@@ -1,0 +1,13 @@
+"""Exit statuses, for shell scripts: ``case $? in 0) ... ;; 2) ... ;; esac``."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0  # success
+    FAILURE = 1  # failed while running: diverged, device missing, outputs not writable
+    USAGE = 2  # invalid usage or input: bad option value, bad data or model file
+    SIGINT = 130  # interrupted (Ctrl-C)
+    SIGTERM = 143  # terminated (kill, a scheduler's time limit)

@@ -1,0 +1,150 @@
+"""``linreg train`` after its options are parsed: check the outputs, train, write the run."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from regression import artifacts
+from regression.config import TrainConfig, to_toml
+from regression.errors import ConfigError, OutputError
+
+from . import output
+
+if TYPE_CHECKING:
+    from regression.pipeline import RunResult
+
+
+def run_train(
+    config: TrainConfig,
+    *,
+    out: Path | None,
+    overwrite: bool,
+    plot: Path | None,
+    draw: bool,
+    json_output: bool,
+    quiet: bool,
+    log_file: Path | None,
+    summary: bool,
+    confidence: float,
+) -> None:
+    """Everything that can be refused is checked before training starts."""
+    if plot is not None:
+        _check_plot_path(plot)
+    log = _open_log(log_file) if log_file is not None else None
+    existed = out is not None and out.exists()
+    run_dir = artifacts.prepare_run_dir(out, overwrite=overwrite)
+    try:
+        _train_and_write(
+            config,
+            run_dir=run_dir,
+            plot=(plot if plot is not None else run_dir / artifacts.PLOT_FILE) if draw else None,
+            json_output=json_output,
+            quiet=quiet,
+            log=log,
+            summary=summary,
+            confidence=confidence,
+        )
+    except BaseException:
+        if not existed:  # a run directory this run made and filled with nothing stays not made
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _train_and_write(
+    config: TrainConfig,
+    *,
+    run_dir: Path,
+    plot: Path | None,
+    json_output: bool,
+    quiet: bool,
+    log: output.LogFile | None,
+    summary: bool,
+    confidence: float,
+) -> None:
+    from regression.pipeline import run_training
+    from regression.report import metrics_document
+
+    with output.ProgressReporter(quiet=quiet, log=log) as progress:
+        result = run_training(config, confidence=confidence, progress=progress)
+    metrics = metrics_document(result)
+    artifacts.save_model(
+        run_dir / artifacts.MODEL_FILE,
+        artifacts.ModelFile(
+            weight=result.params.weight,
+            bias=result.params.bias,
+            feature_names=result.data.feature_names,
+            target_name=result.data.target_name,
+            scaling_mean=result.scaling.mean,
+            scaling_scale=result.scaling.scale,
+            linear_weight=result.linear_weight,
+            linear_bias=result.linear_bias,
+            standardize=config.standardize,
+            dtype=config.dtype,
+        ),
+    )
+    artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history)
+    artifacts.write_text(run_dir / artifacts.CONFIG_FILE, to_toml(config.to_dict()))
+    if plot is not None:
+        _write_plot(result, plot)
+    artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)  # last: marks a complete run
+
+    lines = output.summary_lines(metrics, run_dir, plot)
+    if log is not None:
+        for line in lines:
+            log.write(line)
+    if json_output:
+        print(artifacts.to_json(metrics))
+    elif not quiet:
+        print("\n".join(lines))
+        if summary:
+            output.coefficient_table(metrics["statistics"])
+    sys.stdout.flush()
+
+
+def _write_plot(result: RunResult, path: Path) -> None:
+    import numpy as np
+
+    from plots.figures import FigureData, Line, figure_bytes, figure_format, regression_figure
+
+    data = result.data
+    one = data.features == 1
+    figure = regression_figure(
+        FigureData(
+            y=data.y.astype(float),
+            predicted=result.predicted,
+            train_loss=np.asarray(result.history),
+            x=data.X[:, 0].astype(float) if one else None,
+            fitted=Line(float(result.params.weight[0]), result.params.bias, "fitted (SGD)")
+            if one
+            else None,
+            reference=Line(float(result.ols.weight[0]), result.ols.bias, "least squares")
+            if one
+            else None,
+            x_label=data.feature_names[0] if one else "x",
+            y_label=data.target_name,
+        )
+    )
+    artifacts.write_bytes(path, figure_bytes(figure, figure_format(path)))
+
+
+def _check_plot_path(plot: Path) -> None:
+    from plots.figures import FORMATS
+
+    if plot.suffix.lower() not in FORMATS:
+        raise ConfigError("plot", f"must end in {', '.join(FORMATS)}", str(plot))
+    if not plot.parent.is_dir():
+        raise OutputError(f"--plot {plot}: directory {plot.parent} does not exist")
+
+
+def _open_log(path: Path) -> output.LogFile:
+    try:
+        return output.LogFile(path)
+    except OSError as exc:
+        raise OutputError(f"--log-file {path}: cannot open for appending: {exc.strerror}") from exc

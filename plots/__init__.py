@@ -1,0 +1,1 @@
+"""Matplotlib figures drawn from NumPy arrays (never tensors, never pyplot)."""

@@ -1,0 +1,278 @@
+"""Files on disk: atomic writes, the run directory, and the safetensors model file."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from . import __version__
+from .errors import ModelFileError, OutputError, OutputExistsError
+
+MODEL_FORMAT = "linreg-model"
+MODEL_FORMAT_VERSION = "1"
+MODEL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+CONFIG_FILE = "config.toml"
+PLOT_FILE = "plot.png"
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write to a temporary file in the same folder, then rename it over ``path``.
+
+    Readers see the old file or the whole new one, never a part; on any error (a full disk,
+    an interrupt) the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    write_text(path, to_json(document) + "\n")
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """Strict JSON: NaN and infinity are refused rather than written as invalid tokens."""
+    return json.dumps(document, indent=2, allow_nan=False)
+
+
+def write_history(path: Path, losses: list[float]) -> None:
+    lines = ["epoch,train_loss"] + [f"{i},{loss!r}" for i, loss in enumerate(losses, start=1)]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+# -- the run directory ---------------------------------------------------------------------
+
+
+def prepare_run_dir(out: Path | None, *, overwrite: bool, root: Path = Path("runs")) -> Path:
+    """Create the run directory, or accept an existing one that is empty (or ``overwrite``).
+
+    Without ``out`` a new folder ``runs/<UTC time>`` is made, with ``-2``, ``-3`` ... added
+    when two runs start in the same second; ``mkdir`` is atomic, so they never share one.
+    With ``overwrite``, a stale ``metrics.json`` is removed first, so a run that then fails
+    does not leave the old results looking like its own.
+    """
+    if out is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        _make_dirs(root)
+        for attempt in range(1, 1000):
+            candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise OutputError(f"cannot create {candidate}: {exc.strerror or exc}") from exc
+            return candidate
+        raise OutputError(f"cannot find a free run directory name under {root}")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(
+                f"--out {out} already exists and is not empty; "
+                "choose a new directory or pass --overwrite"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            (out / METRICS_FILE).unlink()
+    _make_dirs(out)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to --out {out}: permission denied")
+    return out
+
+
+def _make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from exc
+
+
+# -- the model file --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What a model file holds: the model in data units and how it was trained."""
+
+    weight: np.ndarray  # float64, one per feature, data units
+    bias: float
+    feature_names: tuple[str, ...]
+    target_name: str
+    scaling_mean: np.ndarray  # standardization used in training (zeros if none)
+    scaling_scale: np.ndarray  # (ones if none)
+    linear_weight: np.ndarray  # the nn.Linear parameters, in training units
+    linear_bias: float
+    standardize: bool
+    dtype: str
+    version: str = __version__
+
+    @property
+    def features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.weight + self.bias
+
+
+_TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", "linear.bias")
+
+
+def model_bytes(model: ModelFile) -> bytes:
+    """safetensors bytes: tensors plus string metadata, no code, no timestamps (same run ->
+    same bytes)."""
+    from safetensors.numpy import save
+
+    tensors = {
+        "weight": np.ascontiguousarray(model.weight, dtype=np.float64),
+        "bias": np.array([model.bias], dtype=np.float64),
+        "scaling.mean": np.ascontiguousarray(model.scaling_mean, dtype=np.float64),
+        "scaling.scale": np.ascontiguousarray(model.scaling_scale, dtype=np.float64),
+        "linear.weight": np.ascontiguousarray(model.linear_weight, dtype=np.float64),
+        "linear.bias": np.array([model.linear_bias], dtype=np.float64),
+    }
+    metadata = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "linreg_version": model.version,
+        "features": str(model.features),
+        "feature_names": json.dumps(list(model.feature_names)),
+        "target_name": model.target_name,
+        "standardize": json.dumps(model.standardize),
+        "dtype": model.dtype,
+        "sha256": _checksum(tensors),
+    }
+    return bytes(save(tensors, metadata=metadata))
+
+
+def _checksum(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the numbers, so that an edited (tampered or bit-rotted) file is refused."""
+    digest = hashlib.sha256()
+    for name in _TENSORS:
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensors[name], dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
+def save_model(path: Path, model: ModelFile) -> None:
+    write_bytes(path, model_bytes(model))
+
+
+def load_model(path: Path) -> ModelFile:
+    """Read a model file, refusing anything that is not a complete linreg model.
+
+    safetensors holds raw numbers and a JSON header, so loading never executes code; a
+    pickle, a ``torch.save`` file, a truncated or edited file all fail the checks below.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    try:
+        tensors = load(raw)
+        metadata = _header_metadata(raw)
+    except (SafetensorError, ValueError, OverflowError) as exc:
+        raise ModelFileError(f"{path} is not a linreg model file (not safetensors: {exc})") from exc
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path} is not a linreg model file (no '{MODEL_FORMAT}' marker)")
+    if metadata.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has model format version {metadata.get('format_version')!r}; "
+            f"this linreg reads version {MODEL_FORMAT_VERSION}"
+        )
+    try:
+        features = int(metadata["features"])
+        names = tuple(json.loads(metadata["feature_names"]))
+        standardize = json.loads(metadata["standardize"])
+        target_name = metadata["target_name"]
+        dtype = metadata["dtype"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: damaged model metadata ({exc})") from exc
+    expected = {
+        "weight": (features,),
+        "bias": (1,),
+        "scaling.mean": (features,),
+        "scaling.scale": (features,),
+        "linear.weight": (features,),
+        "linear.bias": (1,),
+    }
+    for name, shape in expected.items():
+        tensor = tensors.get(name)
+        if tensor is None or tensor.shape != shape or tensor.dtype != np.float64:
+            raise ModelFileError(f"{path}: damaged model file (tensor {name!r} missing or wrong)")
+        if not np.all(np.isfinite(tensor)):
+            raise ModelFileError(f"{path}: damaged model file (tensor {name!r} is not finite)")
+    if set(tensors) != set(_TENSORS) or len(names) != features:
+        raise ModelFileError(f"{path}: damaged model file (unexpected contents)")
+    if metadata.get("sha256") != _checksum(tensors):
+        raise ModelFileError(f"{path}: damaged or modified model file (checksum mismatch)")
+    if not all(isinstance(n, str) for n in names) or not isinstance(standardize, bool):
+        raise ModelFileError(f"{path}: damaged model metadata")
+    return ModelFile(
+        weight=tensors["weight"],
+        bias=float(tensors["bias"][0]),
+        feature_names=names,
+        target_name=target_name,
+        scaling_mean=tensors["scaling.mean"],
+        scaling_scale=tensors["scaling.scale"],
+        linear_weight=tensors["linear.weight"],
+        linear_bias=float(tensors["linear.bias"][0]),
+        standardize=standardize,
+        dtype=dtype,
+        version=metadata.get("linreg_version", "unknown"),
+    )
+
+
+def _header_metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (8-byte length, then JSON)."""
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata is not a mapping")
+    return {str(k): str(v) for k, v in metadata.items()}

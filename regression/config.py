@@ -1,0 +1,146 @@
+"""The training configuration: every default in one place, validated once.
+
+This module must stay cheap to import: the command line reads its defaults to print ``--help``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+DTYPES = ("float32", "float64")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to fit and how. Field names match the command-line options (``_`` for ``-``)."""
+
+    # synthetic data: y = X @ weight + bias + noise * N(0, 1), X ~ U[0, 1)
+    samples: int = 100  # rows, >= 1
+    features: int = 1  # columns, >= 1
+    weight: tuple[float, ...] = (2.0,)  # true weights: one per feature, or one for all
+    bias: float = 1.0  # true intercept
+    noise: float = 0.1  # standard deviation of the Gaussian noise, >= 0
+    seed: int = 0  # seeds the data and the mini-batch order, >= 0
+    # training
+    epochs: int = 1000  # most passes over the training data, >= 1
+    lr: float | None = None  # SGD step size > 0; None = derived from the data ("auto")
+    batch_size: int = 0  # rows per mini-batch, >= 0; 0 = the full data set
+    momentum: float = 0.0  # SGD momentum, in [0, 1)
+    weight_decay: float = 0.0  # L2 penalty on the weights (not the intercept), >= 0
+    standardize: bool = True  # train on standardized features
+    tol: float = 1e-6  # stop when the loss improves by less than this (relative), >= 0
+    patience: int = 5  # ... for this many epochs in a row, >= 1
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    dtype: str = "float32"  # float32 or float64
+
+    def __post_init__(self) -> None:
+        _check_int(self, "samples", 1)
+        _check_int(self, "features", 1)
+        _check_int(self, "seed", 0)
+        _check_int(self, "epochs", 1)
+        _check_int(self, "batch_size", 0)
+        _check_int(self, "patience", 1)
+        weight = tuple(float(w) for w in self.weight)
+        object.__setattr__(self, "weight", weight)
+        if len(weight) not in (1, self.features):
+            raise ConfigError(
+                "weight",
+                f"takes 1 value or one per feature (--features {self.features})",
+                f"{len(weight)} values",
+            )
+        if not all(math.isfinite(w) for w in weight):
+            raise ConfigError("weight", "must be finite", list(weight))
+        _check_float(self, "bias")
+        _check_float(self, "noise", low=0.0)
+        _check_float(self, "weight_decay", low=0.0)
+        _check_float(self, "tol", low=0.0)
+        _check_float(self, "momentum", low=0.0, high=1.0)
+        if self.lr is not None:
+            _check_float(self, "lr", low=0.0, low_open=True)
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError("device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The true weights, one per feature."""
+        return self.weight * self.features if len(self.weight) == 1 else self.weight
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for TOML and JSON; ``lr`` is the string ``"auto"`` when derived."""
+        values = asdict(self)
+        values["weight"] = list(self.weight)
+        values["lr"] = "auto" if self.lr is None else self.lr
+        return values
+
+
+def _check_int(config: TrainConfig, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, "must be an integer", value)
+    if value < low:
+        raise ConfigError(name, f"must be >= {low}", value)
+
+
+def _check_float(
+    config: TrainConfig,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(name, "must be a number", value)
+    value = float(value)
+    object.__setattr__(config, name, value)
+    if not math.isfinite(value):
+        raise ConfigError(name, "must be finite", value)
+    if low is not None and high is not None and not low <= value < high:
+        raise ConfigError(name, f"must be in [{low:g}, {high:g})", value)
+    if low is not None and high is None and (value <= low if low_open else value < low):
+        raise ConfigError(name, f"must be {'>' if low_open else '>='} {low:g}", value)
+
+
+def parse_lr(text: str) -> float | None:
+    """``auto`` -> None, otherwise a float (range checked by TrainConfig)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError("lr", "must be 'auto' or a number > 0", text) from None
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Flat TOML: one ``key = value`` line per entry (None values are left out)."""
+    lines = []
+    for key, value in values.items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

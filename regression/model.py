@@ -1,0 +1,60 @@
+"""The model: ``torch.nn.Linear`` on (optionally) standardized features, and its parameters
+in the data's own units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import CHUNK_ROWS
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The affine map from data units to training units: z = (x - mean) / scale."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def identity(cls, features: int) -> Scaling:
+        return cls(mean=np.zeros(features), scale=np.ones(features))
+
+    def to_data_units(self, weight: np.ndarray, bias: float) -> tuple[np.ndarray, float]:
+        """Parameters fitted on z = (x - mean) / scale, as weight and bias acting on x."""
+        w = np.asarray(weight, dtype=np.float64) / self.scale
+        return w, float(bias) - float(w @ self.mean)
+
+
+def build_model(features: int, *, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:
+    """A zero-initialized ``nn.Linear(features, 1)``: the loss is convex, so the start only
+    needs to be deterministic, and zeros are that without touching any random state."""
+    model = torch.nn.Linear(features, 1, device=device, dtype=dtype)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    return model
+
+
+def to_training_tensor(
+    X: np.ndarray, scaling: Scaling, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The one copy of the features that training uses: standardized in float64 chunk by
+    chunk, stored in ``dtype`` on ``device``."""
+    n, d = X.shape
+    out = torch.empty((n, d), dtype=dtype, device=device)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    for start in range(0, n, CHUNK_ROWS):
+        chunk = (np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - scaling.mean) / (
+            scaling.scale
+        )
+        out[start : start + len(chunk)] = torch.from_numpy(chunk.astype(np_dtype, copy=False))
+    return out
+
+
+def target_tensor(y: np.ndarray, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The target as an (N, 1) column, matching ``nn.Linear``'s output shape."""
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    return torch.from_numpy(np.ascontiguousarray(y, dtype=np_dtype)).reshape(-1, 1).to(device)

@@ -1,0 +1,43 @@
+"""The metrics document (``metrics.json``, schema 1) of a training run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .pipeline import Params, RunResult
+
+SCHEMA = 1
+
+
+def metrics_document(result: RunResult) -> dict[str, Any]:
+    """Everything a script needs to judge the run; plain JSON types, no NaN."""
+    data, config = result.data, result.config
+    return {
+        "schema": SCHEMA,
+        "version": __version__,
+        "data": {
+            "source": data.source,
+            "samples": data.samples,
+            "features": data.features,
+            "feature_names": list(data.feature_names),
+            "target_name": data.target_name,
+            "train_samples": data.samples,
+            "val_samples": 0,
+        },
+        "params": result.params.to_dict(),
+        "true_params": result.true_params.to_dict() if result.true_params else None,
+        "ols_params": Params(result.ols.weight, result.ols.bias).to_dict(),
+        "train": result.train.to_dict(),
+        "val": None,
+        "optimality_gap": result.optimality_gap,
+        "epochs_run": len(result.history),
+        "converged": result.converged,
+        "device": result.device,
+        "dtype": config.dtype,
+        "seed": config.seed,
+        "seconds": result.seconds,
+        "lr": result.lr,
+        "standardize": config.standardize,
+        "statistics": result.statistics.to_dict(),
+    }
