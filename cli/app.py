@@ -7,6 +7,7 @@ torch, numpy and matplotlib are imported by the commands that use them.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -270,6 +271,21 @@ def _shown(value: Any) -> str:
     return str(value) if isinstance(value, int | float) else repr(value)
 
 
+def usage_message(message: str, args: list[str]) -> str:
+    """Click's message, with the offending value added where Click leaves it out."""
+    found = re.match(r"Invalid value for '(--[\w-]+)'", message)
+    if found:
+        option, value = found.group(1), None
+        for i, arg in enumerate(args):
+            if arg == option and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(option + "="):
+                value = arg.split("=", 1)[1]
+        if value is not None and repr(value) not in message:
+            message = f"{message.rstrip('.')}, got {value!r}"
+    return f"{message} (see linreg train --help)" if "--" in message else message
+
+
 def _on_signal(number: int, frame: FrameType | None) -> NoReturn:
     # a second signal while the first is being handled ends the process at once
     signal.signal(number, signal.SIG_DFL)
@@ -295,9 +311,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         output.error(message_for(exc))
         code = exit_code_for(exc)
     except typer.TyperException as exc:  # usage errors found while parsing the command line
-        hint = " (see linreg --help)" if getattr(exc, "exit_code", 1) == 2 else ""
-        output.error(exc.format_message() + hint)
-        code = getattr(exc, "exit_code", ExitCode.USAGE)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `linreg`: show the help
+            print(exc.format_message())
+            code = ExitCode.OK
+        else:
+            output.error(usage_message(exc.format_message(), args))
+            code = getattr(exc, "exit_code", ExitCode.USAGE)
     except Interrupted as exc:
         output.error(f"interrupted by {exc.name}; no results were written")
         code = exc.code

@@ -94,8 +94,9 @@ def train(
 
 
 class EarlyStopping:
-    """Met when the loss has improved by less than ``tol`` (relative to the best so far) for
-    ``patience`` epochs in a row. ``tol == 0`` never stops early."""
+    """Met when the loss has stayed within ``tol`` (relative) of the best so far for
+    ``patience`` epochs in a row: it neither improved nor rose by more than that. A rising
+    loss is never taken for convergence. ``tol == 0`` never stops early."""
 
     def __init__(self, *, tol: float, patience: int) -> None:
         self.tol = tol
@@ -108,10 +109,10 @@ class EarlyStopping:
         """Record one epoch's loss; True when training should stop."""
         if self.tol == 0:
             return False
-        if loss < self.best - self.tol * abs(self.best) or self.best == math.inf:
-            self.stalled = 0
+        if self.best - self.tol * self.best <= loss <= self.best + self.tol * self.best:
+            self.stalled += 1  # settled: neither improving nor getting worse
         else:
-            self.stalled += 1
+            self.stalled = 0  # improving, or rising (oscillating or diverging): not converged
         self.best = min(self.best, loss)
         self.converged = self.stalled >= self.patience
         return self.converged
