@@ -81,7 +81,8 @@ def train(
         int, typer.Option(help="Rows of synthetic data (>= 1).", rich_help_panel=SYNTHETIC)
     ] = DEFAULTS.samples,
     features: Annotated[
-        int, typer.Option(help="Feature columns of synthetic data (>= 1).", rich_help_panel=SYNTHETIC)
+        int,
+        typer.Option(help="Feature columns of synthetic data (>= 1).", rich_help_panel=SYNTHETIC),
     ] = DEFAULTS.features,
     weight: Annotated[
         list[float] | None,
@@ -97,14 +98,19 @@ def train(
     ] = DEFAULTS.bias,
     noise: Annotated[
         float,
-        typer.Option(help="Standard deviation of the Gaussian noise (>= 0).", rich_help_panel=SYNTHETIC),
+        typer.Option(
+            help="Standard deviation of the Gaussian noise (>= 0).", rich_help_panel=SYNTHETIC
+        ),
     ] = DEFAULTS.noise,
     seed: Annotated[
         int,
-        typer.Option(help="Seed of the data and the mini-batch order (>= 0).", rich_help_panel=SYNTHETIC),
+        typer.Option(
+            help="Seed of the data and the mini-batch order (>= 0).", rich_help_panel=SYNTHETIC
+        ),
     ] = DEFAULTS.seed,
     epochs: Annotated[
-        int, typer.Option(help="Most passes over the training data (>= 1).", rich_help_panel=TRAINING)
+        int,
+        typer.Option(help="Most passes over the training data (>= 1).", rich_help_panel=TRAINING),
     ] = DEFAULTS.epochs,
     lr: Annotated[
         str,
@@ -125,7 +131,9 @@ def train(
     ] = DEFAULTS.momentum,
     weight_decay: Annotated[
         float,
-        typer.Option(help="L2 penalty on the weights (>= 0), in training units.", rich_help_panel=TRAINING),
+        typer.Option(
+            help="L2 penalty on the weights (>= 0), in training units.", rich_help_panel=TRAINING
+        ),
     ] = DEFAULTS.weight_decay,
     standardize: Annotated[
         bool,
@@ -147,7 +155,10 @@ def train(
     ] = DEFAULTS.patience,
     device: Annotated[
         str,
-        typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.", rich_help_panel=TRAINING),
+        typer.Option(
+            help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.",
+            rich_help_panel=TRAINING,
+        ),
     ] = DEFAULTS.device,
     dtype: Annotated[
         str, typer.Option(help="float32 or float64.", rich_help_panel=TRAINING)
@@ -161,7 +172,10 @@ def train(
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Allow a non-empty --out; its files are replaced.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option(
+            help="Allow a non-empty --out; its files are replaced.", rich_help_panel=OUTPUT
+        ),
     ] = False,
     plot: Annotated[
         Path | None,
@@ -176,11 +190,15 @@ def train(
     ] = False,
     json_output: Annotated[
         bool,
-        typer.Option("--json", help="Print only the metrics JSON on stdout.", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--json", help="Print only the metrics JSON on stdout.", rich_help_panel=OUTPUT
+        ),
     ] = False,
     quiet: Annotated[
         bool,
-        typer.Option("--quiet", "-q", help="Print nothing unless there is an error.", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--quiet", "-q", help="Print nothing unless there is an error.", rich_help_panel=OUTPUT
+        ),
     ] = False,
     print_config: Annotated[
         bool,
@@ -188,11 +206,15 @@ def train(
     ] = False,
     log_file: Annotated[
         Path | None,
-        typer.Option(help="Append progress lines and the summary to this file.", rich_help_panel=OUTPUT),
+        typer.Option(
+            help="Append progress lines and the summary to this file.", rich_help_panel=OUTPUT
+        ),
     ] = None,
     summary: Annotated[
         bool,
-        typer.Option(help="Print the coefficient table (std err, t, p, CI).", rich_help_panel=OUTPUT),
+        typer.Option(
+            help="Print the coefficient table (std err, t, p, CI).", rich_help_panel=OUTPUT
+        ),
     ] = False,
     confidence: Annotated[
         float,
@@ -200,7 +222,9 @@ def train(
     ] = 0.95,
     debug: Annotated[
         bool,
-        typer.Option(help="Show tracebacks of unexpected errors (or LINREG_DEBUG=1).", rich_help_panel=OUTPUT),
+        typer.Option(
+            help="Show tracebacks of unexpected errors (or LINREG_DEBUG=1).", rich_help_panel=OUTPUT
+        ),
     ] = False,
 ) -> None:
     """Train nn.Linear with SGD on MSELoss; write metrics, model, history and figure.

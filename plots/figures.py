@@ -48,13 +48,18 @@ def regression_figure(data: FigureData) -> Figure:
         fit_ax.scatter(x, y, s=8, alpha=0.6, label="data")
         ends = np.array([np.min(data.x), np.max(data.x)])
         fit_ax.plot(
-            ends, data.fitted.slope * ends + data.fitted.intercept, color="red",
+            ends,
+            data.fitted.slope * ends + data.fitted.intercept,
+            color="red",
             label=data.fitted.label,
         )
         if data.reference is not None:
             fit_ax.plot(
-                ends, data.reference.slope * ends + data.reference.intercept, color="black",
-                linestyle="--", label=data.reference.label,
+                ends,
+                data.reference.slope * ends + data.reference.intercept,
+                color="black",
+                linestyle="--",
+                label=data.reference.label,
             )
         fit_ax.set_xlabel(data.x_label)
         fit_ax.set_ylabel(data.y_label)

@@ -154,7 +154,8 @@ class ModelFile:
         return int(self.weight.shape[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64) @ self.weight + self.bias
+        predicted: np.ndarray = np.asarray(X, dtype=np.float64) @ self.weight + self.bias
+        return predicted
 
 
 _TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", "linear.bias")

@@ -49,7 +49,9 @@ def synthetic(config: TrainConfig) -> Dataset:
         stop = min(start + CHUNK_ROWS, n)
         x = x_stream.random((stop - start, d))
         X[start:stop] = x
-        y[start:stop] = x @ w + config.bias + config.noise * noise_stream.standard_normal(stop - start)
+        y[start:stop] = (
+            x @ w + config.bias + config.noise * noise_stream.standard_normal(stop - start)
+        )
     names = tuple(f"x{j + 1}" for j in range(d))
     return Dataset(X=X, y=y, feature_names=names, target_name="y", source="synthetic")
 

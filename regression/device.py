@@ -26,7 +26,8 @@ def resolve_device(name: str) -> torch.device:
         count = torch.cuda.device_count()
         if index >= count:
             raise DeviceUnavailableError(
-                f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+                f"--device {name}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
             )
         return torch.device("cuda", index)
     if device.type == "mps" and not _mps_available():

@@ -54,7 +54,8 @@ class LeastSquares:
         return self.rss / self.samples
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64) @ self.weight + self.bias
+        predicted: np.ndarray = np.asarray(X, dtype=np.float64) @ self.weight + self.bias
+        return predicted
 
 
 def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None) -> LeastSquares:
@@ -74,11 +75,13 @@ def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None
         block = np.empty((min(CHUNK_ROWS, n - start), d + 1))
         block[:, :d] = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - x_mean
         block[:, d] = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64) - y_mean
-        factor = np.linalg.qr(np.vstack([factor, block]), mode="r")
+        factor = np.asarray(np.linalg.qr(np.vstack([factor, block]), mode="r"))
     factor = np.vstack([factor, np.zeros((d + 1 - factor.shape[0], d + 1))])  # n <= d
     r, z = factor[:d, :d], factor[:d, d]
     rss_tail = float(factor[d, d] ** 2)
-    tiny = np.finfo(np.float64).eps * max(d, n) * max(float(np.abs(np.diag(r)).max(initial=0)), 1e-300)
+    tiny = (
+        np.finfo(np.float64).eps * max(d, n) * max(float(np.abs(np.diag(r)).max(initial=0)), 1e-300)
+    )
     rank = int(np.sum(np.abs(np.diag(r)) > tiny))
     if rank == d:
         weight = np.linalg.solve(r, z) if d else np.zeros(0)
@@ -96,7 +99,8 @@ def _mean(X: np.ndarray) -> np.ndarray:
     total = np.zeros(X.shape[1])
     for start in range(0, X.shape[0], CHUNK_ROWS):
         total += np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64).sum(axis=0)
-    return total / X.shape[0]
+    mean: np.ndarray = total / X.shape[0]
+    return mean
 
 
 def optimality_gap(mse: float, least_squares_mse: float) -> float | None:
