@@ -87,6 +87,7 @@ def train(
     weight: Annotated[
         list[float] | None,
         typer.Option(
+            metavar="W",
             help="True weight; repeat once per feature, or give one value for all "
             f"[default: {DEFAULTS.weight[0]}].",
             show_default=False,
@@ -115,6 +116,7 @@ def train(
     lr: Annotated[
         str,
         typer.Option(
+            metavar="auto|FLOAT",
             help="SGD step size (> 0), or 'auto': 1/L from the curvature of the data.",
             rich_help_panel=TRAINING,
         ),
@@ -174,7 +176,9 @@ def train(
     overwrite: Annotated[
         bool,
         typer.Option(
-            help="Allow a non-empty --out; its files are replaced.", rich_help_panel=OUTPUT
+            "--overwrite",
+            help="Allow a non-empty --out; its files are replaced.",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     plot: Annotated[
@@ -202,7 +206,11 @@ def train(
     ] = False,
     print_config: Annotated[
         bool,
-        typer.Option(help="Print the resolved options as TOML and exit.", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--print-config",
+            help="Print the resolved options as TOML and exit.",
+            rich_help_panel=OUTPUT,
+        ),
     ] = False,
     log_file: Annotated[
         Path | None,
@@ -213,7 +221,9 @@ def train(
     summary: Annotated[
         bool,
         typer.Option(
-            help="Print the coefficient table (std err, t, p, CI).", rich_help_panel=OUTPUT
+            "--summary",
+            help="Print the coefficient table (std err, t, p, CI).",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     confidence: Annotated[
@@ -223,7 +233,9 @@ def train(
     debug: Annotated[
         bool,
         typer.Option(
-            help="Show tracebacks of unexpected errors (or LINREG_DEBUG=1).", rich_help_panel=OUTPUT
+            "--debug",
+            help="Show tracebacks of unexpected errors (or LINREG_DEBUG=1).",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
 ) -> None:

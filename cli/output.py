@@ -111,6 +111,10 @@ def progress_line(event: Progress) -> str:
     )
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def fmt(value: float | None, digits: int = 6) -> str:
     if value is None:
         return "-"
@@ -124,8 +128,8 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path, plot: Path | None) -> 
     data = metrics["data"]
     source = "synthetic data" if data["source"] == "synthetic" else data["source"]
     lines = [
-        f"trained nn.Linear on {source}: {data['samples']} samples, {data['features']} "
-        f"feature(s), on {metrics['device']} in {metrics['dtype']}",
+        f"trained nn.Linear on {source}: {plural(data['samples'], 'sample')}, "
+        f"{plural(data['features'], 'feature')}, on {metrics['device']} in {metrics['dtype']}",
     ]
     names = ["intercept", *data["feature_names"]]
     columns: list[tuple[str, dict[str, Any] | None]] = [
