@@ -30,6 +30,7 @@ from . import output
 from .exit_codes import ExitCode
 
 DEFAULTS = TrainConfig()
+DATA = "Data"
 SYNTHETIC = "Synthetic data"
 TRAINING = "Training"
 OUTPUT = "Output"
@@ -75,40 +76,82 @@ def linreg(
     """
 
 
+# Option types shared by `train` and `generate` (one definition, one help text).
+Samples = Annotated[
+    int, typer.Option("--samples", help="Rows of synthetic data (>= 1).", rich_help_panel=SYNTHETIC)
+]
+Features = Annotated[
+    int,
+    typer.Option(
+        "--features", help="Feature columns of synthetic data (>= 1).", rich_help_panel=SYNTHETIC
+    ),
+]
+Weight = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--weight",
+        metavar="W",
+        help="True weight; repeat once per feature, or give one value for all "
+        f"[default: {DEFAULTS.weight[0]}].",
+        show_default=False,
+        rich_help_panel=SYNTHETIC,
+    ),
+]
+Bias = Annotated[float, typer.Option("--bias", help="True intercept.", rich_help_panel=SYNTHETIC)]
+Noise = Annotated[
+    float,
+    typer.Option(
+        "--noise",
+        help="Standard deviation of the Gaussian noise (>= 0).",
+        rich_help_panel=SYNTHETIC,
+    ),
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of the data, the hold-out split and the mini-batch order (>= 0).",
+        rich_help_panel=SYNTHETIC,
+    ),
+]
+Dtype = Annotated[
+    str, typer.Option("--dtype", help="float32 or float64.", rich_help_panel=TRAINING)
+]
+
+
 @app.command(no_args_is_help=False)
 def train(
-    samples: Annotated[
-        int, typer.Option(help="Rows of synthetic data (>= 1).", rich_help_panel=SYNTHETIC)
-    ] = DEFAULTS.samples,
-    features: Annotated[
-        int,
-        typer.Option(help="Feature columns of synthetic data (>= 1).", rich_help_panel=SYNTHETIC),
-    ] = DEFAULTS.features,
-    weight: Annotated[
-        list[float] | None,
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
         typer.Option(
-            metavar="W",
-            help="True weight; repeat once per feature, or give one value for all "
-            f"[default: {DEFAULTS.weight[0]}].",
+            help="Train on a file: .csv, .tsv, .npy, .npz or .parquet [default: synthetic data].",
             show_default=False,
-            rich_help_panel=SYNTHETIC,
+            rich_help_panel=DATA,
         ),
     ] = None,
-    bias: Annotated[
-        float, typer.Option(help="True intercept.", rich_help_panel=SYNTHETIC)
-    ] = DEFAULTS.bias,
-    noise: Annotated[
+    target: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COL",
+            help="Target column of --data: a name or 0-based index [default: the last column].",
+            show_default=False,
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    val_fraction: Annotated[
         float,
         typer.Option(
-            help="Standard deviation of the Gaussian noise (>= 0).", rich_help_panel=SYNTHETIC
+            help="Share of rows held out for validation (seeded), in [0, 1).",
+            rich_help_panel=DATA,
         ),
-    ] = DEFAULTS.noise,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Seed of the data and the mini-batch order (>= 0).", rich_help_panel=SYNTHETIC
-        ),
-    ] = DEFAULTS.seed,
+    ] = DEFAULTS.val_fraction,
+    samples: Samples = DEFAULTS.samples,
+    features: Features = DEFAULTS.features,
+    weight: Weight = None,
+    bias: Bias = DEFAULTS.bias,
+    noise: Noise = DEFAULTS.noise,
+    seed: Seed = DEFAULTS.seed,
     epochs: Annotated[
         int,
         typer.Option(help="Most passes over the training data (>= 1).", rich_help_panel=TRAINING),
@@ -162,9 +205,7 @@ def train(
             rich_help_panel=TRAINING,
         ),
     ] = DEFAULTS.device,
-    dtype: Annotated[
-        str, typer.Option(help="float32 or float64.", rich_help_panel=TRAINING)
-    ] = DEFAULTS.dtype,
+    dtype: Dtype = DEFAULTS.dtype,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -243,7 +284,14 @@ def train(
 
     With no options it runs the demo: 100 samples of y = 2x + 1 + 0.1 N(0, 1).
     """
+    if data is not None:
+        _refuse_with_data(ctx, ["samples", "features", "weight", "bias", "noise"])
+    elif target is not None:
+        raise ConfigError("target", "needs --data (synthetic data has one target, y)", target)
     config = TrainConfig(
+        data=str(data.resolve()) if data is not None else None,
+        target=target,
+        val_fraction=val_fraction,
         samples=samples,
         features=features,
         weight=tuple(weight) if weight else DEFAULTS.weight,
@@ -284,6 +332,87 @@ def train(
     )
 
 
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A model file written by linreg train.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Rows to predict: .csv, .tsv, .npy, .npz or .parquet.", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write predictions to .csv or .npy [default: CSV on stdout].", show_default=False
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COL",
+            help="Target column (name or 0-based index) for metrics [default: the model's target "
+            "name, when present].",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document: predictions and metrics.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+) -> None:
+    """Predict with a saved model: a CSV column `prediction`, plus metrics when the target
+    column is present."""
+    from .predict_command import run_predict
+
+    run_predict(model, data=data, out=out, target=target, json_output=json_output)
+
+
+@app.command()
+def generate(
+    out: Annotated[
+        Path, typer.Option(help="File to write: .csv, .tsv, .npy or .npz.", show_default=False)
+    ],
+    samples: Samples = DEFAULTS.samples,
+    features: Features = DEFAULTS.features,
+    weight: Weight = None,
+    bias: Bias = DEFAULTS.bias,
+    noise: Noise = DEFAULTS.noise,
+    seed: Seed = DEFAULTS.seed,
+    dtype: Dtype = DEFAULTS.dtype,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing unless there is an error.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+) -> None:
+    """Write the synthetic data `linreg train` would generate with the same options
+    (columns x1..xD, y)."""
+    from .predict_command import run_generate
+
+    config = TrainConfig(
+        samples=samples,
+        features=features,
+        weight=tuple(weight) if weight else DEFAULTS.weight,
+        bias=bias,
+        noise=noise,
+        seed=seed,
+        dtype=dtype,
+    )
+    run_generate(config, out=out, quiet=quiet)
+
+
+def _refuse_with_data(ctx: typer.Context, names: list[str]) -> None:
+    """Synthetic-data options given together with --data would be silently ignored: refuse."""
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name != "DEFAULT":
+            raise ConfigError(name, "describes synthetic data and cannot be used with --data", None)
+
+
 EXIT_CODES: list[tuple[type[RegressionError], ExitCode]] = [
     (ConfigError, ExitCode.USAGE),
     (DataError, ExitCode.USAGE),
@@ -299,7 +428,8 @@ def exit_code_for(exc: RegressionError) -> ExitCode:
 
 def message_for(exc: RegressionError) -> str:
     if isinstance(exc, ConfigError):
-        return f"--{exc.option.replace('_', '-')} {exc.rule}, got {_shown(exc.value)}"
+        got = "" if exc.value is None else f", got {_shown(exc.value)}"
+        return f"--{exc.option.replace('_', '-')} {exc.rule}{got}"
     return str(exc)
 
 

@@ -128,7 +128,7 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path, plot: Path | None) -> 
     data = metrics["data"]
     source = "synthetic data" if data["source"] == "synthetic" else data["source"]
     lines = [
-        f"trained nn.Linear on {source}: {plural(data['samples'], 'sample')}, "
+        f"trained nn.Linear on {source}: {plural(data['train_samples'], 'sample')}, "
         f"{plural(data['features'], 'feature')}, on {metrics['device']} in {metrics['dtype']}",
     ]
     names = ["intercept", *data["feature_names"]]
@@ -154,6 +154,12 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path, plot: Path | None) -> 
         f"epochs {metrics['epochs_run']}{' (converged)' if metrics['converged'] else ''}  "
         f"lr {fmt(metrics['lr'], 4)}  {metrics['seconds']:.2f}s"
     )
+    val = metrics["val"]
+    if val is not None:
+        lines.append(
+            f"validation ({data['val_samples']} held-out rows): R2 {fmt(val['r2'])}  "
+            f"MSE {fmt(val['mse'])}"
+        )
     if not metrics["converged"] and gap is not None and gap > 1e-3:
         lines.append(
             "note: training stopped before the loss settled; the least-squares column is the "

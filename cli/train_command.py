@@ -74,6 +74,9 @@ def _train_and_write(
     with output.ProgressReporter(quiet=quiet, log=log) as progress:
         result = run_training(config, confidence=confidence, progress=progress)
     metrics = metrics_document(result)
+    if not quiet:
+        for warning in result.warnings:
+            output.warn(warning)
     artifacts.save_model(
         run_dir / artifacts.MODEL_FILE,
         artifacts.ModelFile(
@@ -89,7 +92,7 @@ def _train_and_write(
             dtype=config.dtype,
         ),
     )
-    artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history)
+    artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history, result.val_history)
     artifacts.write_text(run_dir / artifacts.CONFIG_FILE, to_toml(config.to_dict()))
     if plot is not None:
         _write_plot(result, plot)

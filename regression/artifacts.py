@@ -78,8 +78,17 @@ def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, allow_nan=False)
 
 
-def write_history(path: Path, losses: list[float]) -> None:
-    lines = ["epoch,train_loss"] + [f"{i},{loss!r}" for i, loss in enumerate(losses, start=1)]
+def write_history(path: Path, losses: list[float], val_losses: list[float] | None = None) -> None:
+    """``epoch,train_loss`` (and ``val_loss`` with a hold-out), one row per epoch run."""
+    if val_losses is None:
+        lines = ["epoch,train_loss"]
+        lines += [f"{i},{loss!r}" for i, loss in enumerate(losses, start=1)]
+    else:
+        lines = ["epoch,train_loss,val_loss"]
+        lines += [
+            f"{i},{loss!r},{val!r}"
+            for i, (loss, val) in enumerate(zip(losses, val_losses, strict=True), start=1)
+        ]
     write_text(path, "\n".join(lines) + "\n")
 
 

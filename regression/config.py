@@ -15,12 +15,17 @@ from .errors import ConfigError
 
 DTYPES = ("float32", "float64")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+SYNTHETIC_FIELDS = ("samples", "features", "weight", "bias", "noise")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """What to fit and how. Field names match the command-line options (``_`` for ``-``)."""
 
+    # data from a file (.csv, .tsv, .npy, .npz, .parquet); None = synthetic data
+    data: str | None = None
+    target: str | None = None  # target column: a name or 0-based index; None = the last
+    val_fraction: float = 0.0  # share of rows held out for validation (seeded), in [0, 1)
     # synthetic data: y = X @ weight + bias + noise * N(0, 1), X ~ U[0, 1)
     samples: int = 100  # rows, >= 1
     features: int = 1  # columns, >= 1
@@ -62,6 +67,11 @@ class TrainConfig:
         _check_float(self, "weight_decay", low=0.0)
         _check_float(self, "tol", low=0.0)
         _check_float(self, "momentum", low=0.0, high=1.0)
+        _check_float(self, "val_fraction", low=0.0, high=1.0)
+        for name in ("data", "target"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(name, "must be a non-empty string", value)
         if self.lr is not None:
             _check_float(self, "lr", low=0.0, low_open=True)
         if self.dtype not in DTYPES:
@@ -79,6 +89,9 @@ class TrainConfig:
         values = asdict(self)
         values["weight"] = list(self.weight)
         values["lr"] = "auto" if self.lr is None else self.lr
+        if self.data is not None:  # the synthetic options play no part in this run
+            for name in SYNTHETIC_FIELDS:
+                del values[name]
         return values
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .config import TrainConfig
+from .errors import DataError
 
 CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes
 
@@ -85,3 +86,26 @@ def column_stats(X: np.ndarray) -> ColumnStats:
     # a column whose spread is at rounding level of its values is constant
     std[std <= 1e-12 * np.maximum(np.abs(shift + mean_shifted), 1e-300)] = 0.0
     return ColumnStats(mean=shift + mean_shifted, std=std)
+
+
+def split(data: Dataset, *, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """A seeded random hold-out of ``round(fraction * N)`` rows (at least one when
+    ``fraction > 0``). Both parts keep the file's row order. The split has its own stream of
+    the seed, so it does not change the synthetic data or the mini-batch order."""
+    if fraction == 0:
+        return data, None
+    n = data.samples
+    held = max(1, round(fraction * n))
+    if n - held < 2:
+        raise DataError(
+            f"--val-fraction {fraction:g} leaves {n - held} of {n} rows for training; "
+            "at least 2 are needed"
+        )
+    stream = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+    order = stream.permutation(n)
+    val_rows, train_rows = np.sort(order[:held]), np.sort(order[held:])
+    return _rows(data, train_rows), _rows(data, val_rows)
+
+
+def _rows(data: Dataset, rows: np.ndarray) -> Dataset:
+    return replace(data, X=np.asarray(data.X[rows]), y=np.asarray(data.y[rows]))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import TrainConfig
-from .data import Dataset, column_stats, synthetic
+from .data import Dataset, column_stats, split, synthetic
+from .datafile import load_dataset
 from .device import resolve_device
 from .metrics import Fit, LeastSquares, fit_metrics, least_squares, optimality_gap
 from .model import Scaling, target_tensor, to_training_tensor
@@ -31,7 +33,8 @@ class Params:
 @dataclass(frozen=True)
 class RunResult:
     config: TrainConfig
-    data: Dataset
+    data: Dataset  # the training rows
+    val_data: Dataset | None  # the hold-out rows
     device: str
     scaling: Scaling
     linear_weight: np.ndarray  # the trained nn.Linear parameters, in training units
@@ -41,12 +44,19 @@ class RunResult:
     ols: LeastSquares
     predicted: np.ndarray  # float64 predictions on the training data
     train: Fit
+    val: Fit | None
     optimality_gap: float | None
     statistics: Statistics
     history: list[float]
+    val_history: list[float] | None
     converged: bool
     lr: float
     seconds: float
+    warnings: list[str]
+
+    @property
+    def samples(self) -> int:
+        return self.data.samples + (self.val_data.samples if self.val_data else 0)
 
 
 def run_training(
@@ -56,14 +66,22 @@ def run_training(
     confidence: float = 0.95,
     progress: ProgressCallback | None = None,
 ) -> RunResult:
-    """Make or take the data, fit it, and measure the fit against the least-squares optimum."""
+    """Make or read the data, hold out a validation share, fit the rest, and measure the fit
+    against the least-squares optimum."""
     start = time.perf_counter()
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     if data is None:
-        data = synthetic(config)
+        data = load_dataset(Path(config.data), config.target) if config.data else synthetic(config)
+    data, val_data = split(data, fraction=config.val_fraction, seed=config.seed)
     X, y = data.X, data.y
     stats = column_stats(X)
+    warnings = [
+        f"feature {name!r} is constant in the training data: its weight is 0 and the "
+        "intercept carries its value"
+        for name, std in zip(data.feature_names, stats.std, strict=True)
+        if std == 0
+    ]
     ols = least_squares(X, y, x_mean=stats.mean)
     scaling = (
         Scaling(mean=stats.mean, scale=stats.scale)
@@ -75,9 +93,17 @@ def run_training(
     lr = config.lr
     if lr is None:
         lr = _auto_lr(config, inputs, ols, scaling)
-    trained = train(inputs, target, config=config, lr=lr, progress=progress)
-    with torch.no_grad():
-        predicted = trained.model(inputs).reshape(-1).detach().cpu().numpy().astype(np.float64)
+    val = None
+    if val_data is not None:
+        val = (
+            to_training_tensor(val_data.X, scaling, device=device, dtype=dtype),
+            target_tensor(val_data.y, device=device, dtype=dtype),
+        )
+    trained = train(inputs, target, config=config, lr=lr, val=val, progress=progress)
+    predicted = _predict(trained.model, inputs)
+    val_fit = None
+    if val is not None and val_data is not None:
+        val_fit = fit_metrics(val_data.y, _predict(trained.model, val[0]))
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
     linear_bias = float(trained.model.bias.detach().cpu().item())
     weight, bias = scaling.to_data_units(linear_weight, linear_bias)
@@ -87,6 +113,7 @@ def run_training(
     return RunResult(
         config=config,
         data=data,
+        val_data=val_data,
         device=str(device),
         scaling=scaling,
         linear_weight=linear_weight,
@@ -98,13 +125,23 @@ def run_training(
         ols=ols,
         predicted=predicted,
         train=fit,
+        val=val_fit,
         optimality_gap=optimality_gap(fit.mse, ols.mse),
         statistics=ols_statistics(ols, data.feature_names, tss, confidence),
         history=trained.history,
+        val_history=trained.val_history,
         converged=trained.converged,
         lr=lr,
         seconds=time.perf_counter() - start,
+        warnings=warnings,
     )
+
+
+def _predict(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
+    """Predictions back on the host as float64 NumPy."""
+    with torch.no_grad():
+        predicted: np.ndarray = model(inputs).reshape(-1).detach().cpu().numpy()
+    return predicted.astype(np.float64)
 
 
 def _auto_lr(

@@ -24,6 +24,7 @@ class Progress:
     epochs: int
     loss: float
     elapsed: float  # seconds since training started
+    val_loss: float | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -33,6 +34,7 @@ ProgressCallback = Callable[[Progress], None]
 class Trained:
     model: torch.nn.Linear
     history: list[float]  # mean training loss of each epoch run
+    val_history: list[float] | None  # validation loss after each epoch, with a hold-out
     converged: bool  # the early-stopping rule was met
     lr: float
 
@@ -43,9 +45,11 @@ def train(
     *,
     config: TrainConfig,
     lr: float,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
 ) -> Trained:
-    """Fit ``nn.Linear`` to (X, y); X and y already live on the training device and dtype."""
+    """Fit ``nn.Linear`` to (X, y); X and y already live on the training device and dtype.
+    ``val`` is a hold-out (X, y) whose loss is recorded after every epoch."""
     n, d = X.shape
     model = build_model(d, device=X.device, dtype=X.dtype)
     optimizer = torch.optim.SGD(
@@ -61,6 +65,7 @@ def train(
     shuffle = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(tol=config.tol, patience=config.patience)
     history: list[float] = []
+    val_history: list[float] | None = None if val is None else []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         if batch == n:
@@ -86,11 +91,23 @@ def train(
                 "lower --lr, keep --standardize, or use --lr auto"
             )
         history.append(epoch_loss)
+        val_loss = None
+        if val is not None and val_history is not None:
+            with torch.no_grad():
+                val_loss = loss_fn(model(val[0]), val[1]).item()
+            val_history.append(val_loss)
         if progress is not None:
-            progress(Progress(epoch, config.epochs, epoch_loss, time.perf_counter() - start))
+            elapsed = time.perf_counter() - start
+            progress(Progress(epoch, config.epochs, epoch_loss, elapsed, val_loss))
         if stopper.update(epoch_loss):
             break
-    return Trained(model=model, history=history, converged=stopper.converged, lr=lr)
+    return Trained(
+        model=model,
+        history=history,
+        val_history=val_history,
+        converged=stopper.converged,
+        lr=lr,
+    )
 
 
 class EarlyStopping:
