@@ -60,7 +60,9 @@ def read_table(path: Path) -> Table:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise DataError(f"{path}: unsupported data format {suffix or '(none)'!r}; use {FORMATS}")
+        raise DataError(
+            f"{path}: unsupported data format {suffix or '(none)'!r}; use {', '.join(FORMATS)}"
+        )
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -157,6 +159,7 @@ def _check_names(path: Path, names: tuple[str, ...]) -> None:
 
 def _read_npy(path: Path) -> Table:
     """A 2-D numeric array, memory-mapped: rows are read from disk as they are used."""
+    _check_magic(path, b"\x93NUMPY", "a .npy file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -164,10 +167,17 @@ def _read_npy(path: Path) -> Table:
     return Table(path=path, values=_numeric_2d(path, array, "the array"), names=None)
 
 
+def _check_magic(path: Path, magic: bytes, what: str) -> None:
+    with path.open("rb") as handle:
+        if handle.read(len(magic)) != magic:
+            raise DataError(f"{path}: not {what} (wrong file signature)")
+
+
 def _read_npz(path: Path) -> Table:
     """Arrays ``X`` (2-D) and ``y`` (1-D, or one column), or a single 2-D array."""
     import zipfile
 
+    _check_magic(path, b"PK", "an .npz archive")
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, zipfile.BadZipFile, EOFError) as exc:
