@@ -163,8 +163,10 @@ class ModelFile:
         return int(self.weight.shape[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        predicted: np.ndarray = np.asarray(X, dtype=np.float64) @ self.weight + self.bias
-        return predicted
+        """Predictions in float64 from the data-unit parameters."""
+        from .metrics import linear_predict
+
+        return linear_predict(X, self.weight, self.bias)
 
 
 _TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", "linear.bias")

@@ -54,8 +54,7 @@ class LeastSquares:
         return self.rss / self.samples
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        predicted: np.ndarray = np.asarray(X, dtype=np.float64) @ self.weight + self.bias
-        return predicted
+        return linear_predict(X, self.weight, self.bias)
 
 
 def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None) -> LeastSquares:
@@ -101,6 +100,15 @@ def _mean(X: np.ndarray) -> np.ndarray:
         total += np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64).sum(axis=0)
     mean: np.ndarray = total / X.shape[0]
     return mean
+
+
+def linear_predict(X: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:
+    """X @ weight + bias in float64, a chunk at a time (X may be memory-mapped)."""
+    out = np.empty(X.shape[0])
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
+        out[start : start + len(chunk)] = chunk @ weight + bias
+    return out
 
 
 def optimality_gap(mse: float, least_squares_mse: float) -> float | None:

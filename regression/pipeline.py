@@ -13,7 +13,14 @@ from .config import TrainConfig
 from .data import Dataset, column_stats, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
-from .metrics import Fit, LeastSquares, fit_metrics, least_squares, optimality_gap
+from .metrics import (
+    Fit,
+    LeastSquares,
+    fit_metrics,
+    least_squares,
+    linear_predict,
+    optimality_gap,
+)
 from .model import Scaling, target_tensor, to_training_tensor
 from .statistics import Statistics, ols_statistics
 from .train import ProgressCallback, auto_lr, train
@@ -42,7 +49,7 @@ class RunResult:
     params: Params
     true_params: Params | None
     ols: LeastSquares
-    predicted: np.ndarray  # float64 predictions on the training data
+    predicted: np.ndarray  # the trained model's predictions on the training rows (for figures)
     train: Fit
     val: Fit | None
     optimality_gap: float | None
@@ -101,13 +108,16 @@ def run_training(
         )
     trained = train(inputs, target, config=config, lr=lr, val=val, progress=progress)
     predicted = _predict(trained.model, inputs)
-    val_fit = None
-    if val is not None and val_data is not None:
-        val_fit = fit_metrics(val_data.y, _predict(trained.model, val[0]))
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
     linear_bias = float(trained.model.bias.detach().cpu().item())
     weight, bias = scaling.to_data_units(linear_weight, linear_bias)
-    fit = fit_metrics(y, predicted)
+    # The metrics are those of the reported parameters, evaluated in float64: what
+    # `linreg predict` gives, and free of the training dtype's rounding (so the optimality
+    # gap is never negative).
+    fit = fit_metrics(y, linear_predict(X, weight, bias))
+    val_fit = None
+    if val_data is not None:
+        val_fit = fit_metrics(val_data.y, linear_predict(val_data.X, weight, bias))
     y64 = np.asarray(y, dtype=np.float64)
     tss = float(np.sum((y64 - ols.y_mean) ** 2))
     return RunResult(
