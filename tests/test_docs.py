@@ -30,16 +30,21 @@ def options_in(text: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - {"--help"}
 
 
-@pytest.mark.parametrize("command", [["train"]])
-def test_every_option_in_help_is_in_the_readme(command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "sample"),
+    [(["train"], "--no-plot"), (["predict"], "--target"), (["generate"], "--samples")],
+)
+def test_every_option_in_help_is_in_the_readme(command: list[str], sample: str) -> None:
     options = options_in(help_text(*command))
-    assert "--samples" in options and "--no-plot" in options  # the help was really read
+    assert sample in options  # the help was really read
     missing = {opt for opt in options if opt not in README}
     assert not missing, f"options missing from README.md: {sorted(missing)}"
 
 
 def test_every_option_in_the_readme_exists() -> None:
-    known = options_in(help_text("train")) | options_in(help_text()) | {"--help"}
+    known = {"--help"} | options_in(help_text())
+    for command in ("train", "predict", "generate"):
+        known |= options_in(help_text(command))
     pip_and_tools = {"--check", "--no-standardize", "--version"}
     unknown = options_in(README) - known - pip_and_tools
     assert not unknown, f"README.md documents options linreg does not have: {sorted(unknown)}"
@@ -51,6 +56,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     demo, tests = commands
     assert "linreg train" in demo and "pytest" in tests
     assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_command_is_in_the_readme() -> None:
+    commands = re.findall(r"^  (\w+) ", help_text().split("Commands:")[1], flags=re.M)
+    assert set(commands) == {"train", "predict", "generate"}
+    for command in commands:
+        assert f"linreg {command}" in README
 
 
 def test_readme_has_the_exit_code_table() -> None:
