@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -68,6 +69,18 @@ class ColumnStats:
     def scale(self) -> np.ndarray:
         """The divisor used to standardize: the std, or 1 for a constant column."""
         return np.where(self.std > 0, self.std, 1.0)
+
+
+def fingerprint(data: Dataset) -> str:
+    """SHA-256 of the numbers a run trains on: X then y, as float64 little-endian, a chunk at
+    a time. The same values give the same digest whatever the file format or dtype."""
+    digest = hashlib.sha256()
+    digest.update(f"{data.samples}x{data.features};".encode())
+    for start in range(0, data.samples, CHUNK_ROWS):
+        digest.update(np.ascontiguousarray(data.X[start : start + CHUNK_ROWS], dtype="<f8").data)
+    for start in range(0, data.samples, CHUNK_ROWS):
+        digest.update(np.ascontiguousarray(data.y[start : start + CHUNK_ROWS], dtype="<f8").data)
+    return digest.hexdigest()
 
 
 def column_stats(X: np.ndarray) -> ColumnStats:

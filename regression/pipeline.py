@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .data import Dataset, column_stats, split, synthetic
+from .data import Dataset, column_stats, fingerprint, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
 from .metrics import (
@@ -60,6 +60,7 @@ class RunResult:
     lr: float
     seconds: float
     warnings: list[str]
+    data_sha256: str  # of the training rows (see data.fingerprint)
 
     @property
     def samples(self) -> int:
@@ -144,6 +145,7 @@ def run_training(
         lr=lr,
         seconds=time.perf_counter() - start,
         warnings=warnings,
+        data_sha256=fingerprint(data),
     )
 
 

@@ -24,6 +24,7 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
             "target_name": data.target_name,
             "train_samples": data.samples,
             "val_samples": result.val_data.samples if result.val_data else 0,
+            "sha256": result.data_sha256,
         },
         "params": result.params.to_dict(),
         "true_params": result.true_params.to_dict() if result.true_params else None,
@@ -41,4 +42,28 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "standardize": config.standardize,
         "statistics": result.statistics.to_dict(),
         "warnings": result.warnings,
+        "environment": environment(result.device),
+    }
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What produced the numbers: versions, platform and device, for reproducing a run."""
+    import platform
+
+    import numpy
+    import torch
+
+    name = "cpu: " + (platform.processor() or platform.machine())
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    elif device == "mps":
+        name = "Apple MPS"
+    return {
+        "linreg": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device_name": name,
+        "torch_threads": torch.get_num_threads(),
     }
