@@ -53,7 +53,7 @@ def environment(device: str) -> dict[str, Any]:
     import numpy
     import torch
 
-    name = "cpu: " + (platform.processor() or platform.machine())
+    name = _cpu_name() or platform.processor() or platform.machine()
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     elif device == "mps":
@@ -67,3 +67,14 @@ def environment(device: str) -> dict[str, Any]:
         "device_name": name,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
