@@ -105,8 +105,13 @@ def figure_format(path: Path) -> str:
 
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
     """The figure as a ``fmt`` file (png, svg or pdf); the caller writes it atomically."""
+    import matplotlib
+
     buffer = io.BytesIO()
-    # no dates or software stamps: the same run gives the same file
-    metadata = {"Software": None} if fmt == "png" else {"Date": None}
-    fig.savefig(buffer, format=fmt, dpi=100, metadata=metadata)
+    # no dates, software stamps or random ids: the same run gives the same file
+    metadata = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+    if fmt not in metadata:
+        raise ValueError(f"unsupported figure format {fmt!r}; use png, svg or pdf")
+    with matplotlib.rc_context({"svg.hashsalt": "linreg"}):
+        fig.savefig(buffer, format=fmt, dpi=100, metadata=metadata[fmt])
     return buffer.getvalue()

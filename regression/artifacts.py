@@ -173,18 +173,21 @@ _TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", 
 
 
 def model_bytes(model: ModelFile) -> bytes:
-    """safetensors bytes: tensors plus string metadata, no code, no timestamps (same run ->
-    same bytes)."""
-    from safetensors.numpy import save
+    """The model as safetensors bytes: raw float64 tensors and string metadata, no code.
 
+    The file is assembled here rather than by ``safetensors.numpy.save`` because that writes
+    the metadata in hash-map order, which changes from call to call; here the header is
+    sorted JSON and the tensors come in a fixed order, so the same model gives the same bytes.
+    """
     tensors = {
-        "weight": np.ascontiguousarray(model.weight, dtype=np.float64),
-        "bias": np.array([model.bias], dtype=np.float64),
-        "scaling.mean": np.ascontiguousarray(model.scaling_mean, dtype=np.float64),
-        "scaling.scale": np.ascontiguousarray(model.scaling_scale, dtype=np.float64),
-        "linear.weight": np.ascontiguousarray(model.linear_weight, dtype=np.float64),
-        "linear.bias": np.array([model.linear_bias], dtype=np.float64),
+        "weight": model.weight,
+        "bias": np.array([model.bias]),
+        "scaling.mean": model.scaling_mean,
+        "scaling.scale": model.scaling_scale,
+        "linear.weight": model.linear_weight,
+        "linear.bias": np.array([model.linear_bias]),
     }
+    tensors = {name: np.ascontiguousarray(tensors[name], dtype="<f8") for name in _TENSORS}
     metadata = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -194,14 +197,32 @@ def model_bytes(model: ModelFile) -> bytes:
         "target_name": model.target_name,
         "standardize": json.dumps(model.standardize),
         "dtype": model.dtype,
-        "sha256": _checksum(tensors),
     }
-    return bytes(save(tensors, metadata=metadata))
+    metadata["sha256"] = _checksum(tensors, metadata)
+    header: dict[str, Any] = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name, tensor in tensors.items():
+        blob = tensor.tobytes()
+        header[name] = {
+            "dtype": "F64",
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
-def _checksum(tensors: dict[str, np.ndarray]) -> str:
-    """SHA-256 of the numbers, so that an edited (tampered or bit-rotted) file is refused."""
+def _checksum(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+    """SHA-256 of the numbers and the metadata, so that an edited file (tampered, or
+    bit-rotted) is refused: the names matter as much as the weights, since predict matches
+    columns by them."""
     digest = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "sha256":
+            digest.update(json.dumps([key, metadata[key]]).encode())
     for name in _TENSORS:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(tensors[name], dtype="<f8").tobytes())
@@ -261,7 +282,7 @@ def load_model(path: Path) -> ModelFile:
             raise ModelFileError(f"{path}: damaged model file (tensor {name!r} is not finite)")
     if set(tensors) != set(_TENSORS) or len(names) != features:
         raise ModelFileError(f"{path}: damaged model file (unexpected contents)")
-    if metadata.get("sha256") != _checksum(tensors):
+    if metadata.get("sha256") != _checksum(tensors, metadata):
         raise ModelFileError(f"{path}: damaged or modified model file (checksum mismatch)")
     if not all(isinstance(n, str) for n in names) or not isinstance(standardize, bool):
         raise ModelFileError(f"{path}: damaged model metadata")

@@ -51,9 +51,12 @@ def synthetic(config: TrainConfig) -> Dataset:
         stop = min(start + CHUNK_ROWS, n)
         x = x_stream.random((stop - start, d))
         X[start:stop] = x
-        y[start:stop] = (
-            x @ w + config.bias + config.noise * noise_stream.standard_normal(stop - start)
-        )
+        # X @ w one feature at a time: a matrix product would round differently for a
+        # one-row chunk, and the values must not depend on the chunking
+        target = np.full(stop - start, config.bias)
+        for j in range(d):
+            target += x[:, j] * w[j]
+        y[start:stop] = target + config.noise * noise_stream.standard_normal(stop - start)
     names = tuple(f"x{j + 1}" for j in range(d))
     return Dataset(X=X, y=y, feature_names=names, target_name="y", source="synthetic")
 

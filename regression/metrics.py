@@ -67,7 +67,9 @@ def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None
     """
     n, d = X.shape
     if x_mean is None:
-        x_mean = _mean(X)
+        from .data import column_stats
+
+        x_mean = column_stats(X).mean  # exact for a constant column
     y_mean = float(np.mean(np.asarray(y, dtype=np.float64)))
     factor = np.zeros((0, d + 1))
     for start in range(0, n, CHUNK_ROWS):
@@ -92,14 +94,6 @@ def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None
     return LeastSquares(
         weight=weight, bias=bias, rss=rss, samples=n, x_mean=x_mean, y_mean=y_mean, r=r, rank=rank
     )
-
-
-def _mean(X: np.ndarray) -> np.ndarray:
-    total = np.zeros(X.shape[1])
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        total += np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64).sum(axis=0)
-    mean: np.ndarray = total / X.shape[0]
-    return mean
 
 
 def linear_predict(X: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:

@@ -1,0 +1,214 @@
+"""The synthetic generator (property tests) and the column statistics used to standardize."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import regression.data
+from regression.config import TrainConfig
+from regression.data import column_stats, synthetic
+
+PATCHED = [HealthCheck.function_scoped_fixture]
+
+
+@st.composite
+def configs(draw: st.DrawFn, noise: st.SearchStrategy[float] | None = None) -> TrainConfig:
+    features = draw(st.integers(1, 5))
+    weight = draw(
+        st.lists(st.floats(-100, 100), min_size=1, max_size=1)
+        | st.lists(st.floats(-100, 100), min_size=features, max_size=features)
+    )
+    return TrainConfig(
+        samples=draw(st.integers(1, 300)),
+        features=features,
+        weight=tuple(weight),
+        bias=draw(st.floats(-100, 100)),
+        noise=draw(noise if noise is not None else st.floats(0, 10)),
+        seed=draw(st.integers(0, 2**63)),
+        dtype=draw(st.sampled_from(["float32", "float64"])),
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(config=configs())
+def test_shapes_dtype_names_and_finiteness(config: TrainConfig) -> None:
+    data = synthetic(config)
+    assert data.X.shape == (config.samples, config.features)
+    assert data.y.shape == (config.samples,)
+    assert data.X.dtype == np.dtype(config.dtype)
+    assert data.y.dtype == np.dtype(config.dtype)
+    assert data.samples == config.samples and data.features == config.features
+    assert data.feature_names == tuple(f"x{j}" for j in range(1, config.features + 1))
+    assert data.target_name == "y"
+    assert data.source == "synthetic"
+    assert np.all(np.isfinite(data.X)) and np.all(np.isfinite(data.y))
+    # X ~ U[0, 1): rounding to float32 may reach 1.0, never beyond
+    assert data.X.min() >= 0.0
+    assert data.X.max() < 1.0 if config.dtype == "float64" else data.X.max() <= 1.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(config=configs())
+def test_same_seed_gives_identical_arrays(config: TrainConfig) -> None:
+    first, second = synthetic(config), synthetic(config)
+    np.testing.assert_array_equal(first.X, second.X, strict=True)
+    np.testing.assert_array_equal(first.y, second.y, strict=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(config=configs(), other=st.integers(0, 2**63))
+def test_different_seed_gives_different_arrays(config: TrainConfig, other: int) -> None:
+    if other == config.seed:
+        other += 1
+    first = synthetic(config)
+    second = synthetic(dataclasses.replace(config, seed=other))
+    assert not np.array_equal(first.X, second.X)
+
+
+@settings(max_examples=30, deadline=None)
+@given(config=configs(noise=st.floats(0.1, 10)))
+def test_noise_is_drawn_independently_of_x(config: TrainConfig) -> None:
+    """Changing only the noise level leaves X as it was (two streams of one seed)."""
+    quiet = dataclasses.replace(config, noise=0.0)
+    np.testing.assert_array_equal(synthetic(config).X, synthetic(quiet).X)
+
+
+@settings(max_examples=50, deadline=None)
+@given(config=configs(noise=st.just(0.0)))
+def test_noise_zero_gives_exactly_linear_y(config: TrainConfig) -> None:
+    data = synthetic(config)
+    w = np.asarray(config.weights)
+    X64 = data.X.astype(np.float64)
+    expected = X64 @ w + config.bias
+    # X and y are each rounded once to the dtype from the same float64 draw
+    eps = np.finfo(data.X.dtype).eps
+    magnitude = np.abs(X64) @ np.abs(w) + abs(config.bias)
+    tiny = np.finfo(data.X.dtype).tiny  # a product below it underflows in float32
+    np.testing.assert_array_less(np.abs(data.y - expected), 4 * eps * magnitude + 4 * tiny)
+
+
+def test_noise_zero_float64_is_linear_to_the_last_bits() -> None:
+    config = TrainConfig(
+        samples=1000, features=3, weight=(1.5, -2.0, 0.25), bias=0.5, noise=0.0, dtype="float64"
+    )
+    data = synthetic(config)
+    np.testing.assert_allclose(data.y, data.X @ np.array(config.weights) + 0.5, rtol=0, atol=1e-14)
+
+
+def test_noise_has_the_requested_standard_deviation() -> None:
+    config = TrainConfig(samples=20000, features=2, noise=0.5, dtype="float64")
+    data = synthetic(config)
+    residual = data.y - (data.X @ np.array(config.weights) + config.bias)
+    # std of 20000 N(0, 0.25) draws: relative standard error about 0.5 %
+    assert residual.std() == pytest.approx(0.5, rel=0.03)
+    assert residual.mean() == pytest.approx(0.0, abs=0.02)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=PATCHED)
+@given(config=configs(), chunk=st.integers(1, 64))
+def test_result_does_not_depend_on_chunk_rows(
+    config: TrainConfig, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = synthetic(config)
+    with monkeypatch.context() as patch:
+        patch.setattr(regression.data, "CHUNK_ROWS", chunk)
+        chunked = synthetic(config)
+    np.testing.assert_array_equal(chunked.X, whole.X, strict=True)
+    np.testing.assert_array_equal(chunked.y, whole.y, strict=True)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 333])
+def test_chunk_rows_give_bit_identical_float64_data(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(
+        samples=1000, features=5, weight=(1.5, -2.0, 0.3, 4.0, -1.1), dtype="float64"
+    )
+    whole = synthetic(config)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", chunk)
+    chunked = synthetic(config)
+    np.testing.assert_array_equal(chunked.X, whole.X, strict=True)
+    np.testing.assert_array_equal(chunked.y, whole.y, strict=True)
+
+
+def test_one_row_chunks_give_bit_identical_float64_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(
+        samples=1000, features=5, weight=(1.5, -2.0, 0.3, 4.0, -1.1), dtype="float64"
+    )
+    whole = synthetic(config)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", 1)
+    chunked = synthetic(config)
+    np.testing.assert_array_equal(chunked.X, whole.X, strict=True)
+    np.testing.assert_array_equal(chunked.y, whole.y, strict=True)
+
+
+# -- column statistics ---------------------------------------------------------------------
+
+matrices = hnp.arrays(
+    np.float64,
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+    # magnitudes below 1e-100 are left out: their squares underflow to subnormals, a limit of
+    # float64 rather than of the method
+    elements=st.floats(-1e6, -1e-100) | st.just(0.0) | st.floats(1e-100, 1e6),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(X=matrices, offset=st.floats(-1e6, 1e6))
+def test_column_stats_match_numpy(X: np.ndarray, offset: float) -> None:
+    X = X + offset
+    stats = column_stats(X)
+    value_range = X.max(axis=0) - X.min(axis=0)
+    np.testing.assert_allclose(stats.mean, X.mean(axis=0), rtol=1e-12, atol=1e-9)
+    # the one-pass shifted update loses a few eps of the value range against numpy's two-pass
+    # std; a spread under 1e-12 of the column's magnitude is declared constant (std 0)
+    bound = 1e-12 * value_range + 1e-12 * np.abs(X.mean(axis=0)) + 1e-300
+    np.testing.assert_array_less(np.abs(stats.std - X.std(axis=0)), bound)
+    assert np.all(stats.std >= 0)
+    np.testing.assert_array_equal(stats.scale, np.where(stats.std > 0, stats.std, 1.0))
+
+
+def test_column_stats_of_normal_data_to_many_digits() -> None:
+    X = np.random.default_rng(3).normal(
+        loc=[0.0, 1e4, -5.0], scale=[1.0, 0.01, 100.0], size=(5000, 3)
+    )
+    stats = column_stats(X)
+    scale = np.abs(X).max(axis=0)
+    np.testing.assert_array_less(np.abs(stats.mean - X.mean(axis=0)), 1e-13 * scale)
+    np.testing.assert_allclose(stats.std, X.std(axis=0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.1, 3.7, -12345.678, 1e300, 5e-324])
+def test_constant_column_has_std_zero_and_scale_one(value: float) -> None:
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.random(257), np.full(257, value), rng.random(257)])
+    stats = column_stats(X)
+    assert stats.mean[1] == value
+    assert stats.std[1] == 0.0
+    assert stats.scale[1] == 1.0
+    assert np.all(stats.std[[0, 2]] > 0)
+    np.testing.assert_array_equal(stats.scale[[0, 2]], stats.std[[0, 2]])
+
+
+def test_column_stats_does_not_depend_on_chunk_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    X = np.random.default_rng(1).normal(100.0, 3.0, size=(1001, 4))
+    whole = column_stats(X)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", 7)
+    chunked = column_stats(X)
+    np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-14)
+    np.testing.assert_allclose(chunked.std, whole.std, rtol=1e-12)
+
+
+def test_column_stats_accepts_float32_and_returns_float64() -> None:
+    X = np.random.default_rng(2).random((300, 2)).astype(np.float32)
+    stats = column_stats(X)
+    assert stats.mean.dtype == np.float64 and stats.std.dtype == np.float64
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(stats.mean, X64.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(stats.std, X64.std(axis=0), rtol=1e-10)

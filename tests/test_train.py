@@ -1,0 +1,450 @@
+"""Training: nn.Linear + SGD against np.linalg.lstsq, early stopping, the automatic step size,
+the data-unit conversion and the device choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from regression.config import TrainConfig
+from regression.data import column_stats, synthetic
+from regression.device import resolve_device
+from regression.errors import DeviceUnavailableError, DivergedError
+from regression.model import Scaling, target_tensor, to_training_tensor
+from regression.pipeline import RunResult, run_training
+from regression.train import EarlyStopping, Progress, auto_lr, train
+
+without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The oracle: float64 weights, bias and mse of np.linalg.lstsq on [X, 1]."""
+    X64, y64 = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    design = np.column_stack([X64, np.ones(len(y64))])
+    coef, *_ = np.linalg.lstsq(design, y64, rcond=None)
+    return coef[:-1], float(coef[-1]), float(np.mean((design @ coef - y64) ** 2))
+
+
+def gap_against_oracle(result: RunResult) -> float:
+    """(training mse - lstsq mse) / lstsq mse, computed here from the returned parameters."""
+    X = np.asarray(result.data.X, dtype=np.float64)
+    y = np.asarray(result.data.y, dtype=np.float64)
+    _, _, best = lstsq(X, y)
+    mse = float(np.mean((X @ result.params.weight + result.params.bias - y) ** 2))
+    return (mse - best) / best
+
+
+def cpu(**options: object) -> TrainConfig:
+    return TrainConfig(device="cpu", **options)  # type: ignore[arg-type]
+
+
+# -- against least squares ------------------------------------------------------------------
+
+
+def test_default_demo_config_reaches_least_squares_in_float32() -> None:
+    config = TrainConfig()
+    assert (config.samples, config.features, config.dtype) == (100, 1, "float32")
+    result = run_training(dataclasses.replace(config, device="cpu"))
+    weight, bias, best = lstsq(result.data.X, result.data.y)
+    assert result.optimality_gap is not None
+    assert -1e-6 < result.optimality_gap < 1e-4
+    assert -1e-6 < gap_against_oracle(result) < 1e-4
+    np.testing.assert_allclose(result.params.weight, weight, rtol=1e-4)
+    assert result.params.bias == pytest.approx(bias, rel=1e-4, abs=0)
+    np.testing.assert_allclose(result.ols.weight, weight, rtol=1e-12)
+    assert result.ols.mse == pytest.approx(best, rel=1e-12, abs=0)
+    assert result.converged and len(result.history) < config.epochs
+    # the demo's data: y = 2x + 1 + 0.1 N(0, 1)
+    assert result.params.weight[0] == pytest.approx(2.0, abs=0.1)
+    assert result.params.bias == pytest.approx(1.0, abs=0.1)
+    assert result.true_params is not None
+    assert result.true_params.to_dict() == {"weight": [2.0], "bias": 1.0}
+    assert result.device == "cpu"
+
+
+def test_float64_without_early_stopping_is_tighter() -> None:
+    result = run_training(cpu(dtype="float64", tol=0.0, epochs=300))
+    weight, bias, _ = lstsq(result.data.X, result.data.y)
+    assert len(result.history) == 300 and not result.converged
+    assert abs(result.optimality_gap) < 1e-12
+    assert abs(gap_against_oracle(result)) < 1e-12
+    np.testing.assert_allclose(result.params.weight, weight, rtol=1e-10)
+    assert result.params.bias == pytest.approx(bias, rel=1e-10, abs=0)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tol", "max_gap", "rtol"),
+    [("float32", 1e-6, 1e-4, 1e-3), ("float64", 0.0, 1e-12, 1e-9)],
+)
+def test_several_features(dtype: str, tol: float, max_gap: float, rtol: float) -> None:
+    config = cpu(
+        samples=400, features=5, weight=(1.0, -2.0, 3.0, 0.5, 4.0), bias=-1.5, dtype=dtype, tol=tol
+    )
+    result = run_training(config)
+    weight, bias, _ = lstsq(result.data.X, result.data.y)
+    assert abs(result.optimality_gap) < max_gap
+    assert abs(gap_against_oracle(result)) < max_gap
+    np.testing.assert_allclose(result.params.weight, weight, rtol=rtol)
+    assert result.params.bias == pytest.approx(bias, rel=rtol, abs=0)
+    assert result.params.weight.shape == (5,)
+
+
+def test_no_standardize_still_reports_data_unit_params() -> None:
+    config = cpu(
+        samples=200,
+        features=2,
+        weight=(3.0, -1.0),
+        standardize=False,
+        dtype="float64",
+        tol=0.0,
+        epochs=3000,
+    )
+    result = run_training(config)
+    weight, bias, _ = lstsq(result.data.X, result.data.y)
+    # without standardizing, the trained nn.Linear acts on the data as it is
+    np.testing.assert_array_equal(result.scaling.mean, [0.0, 0.0])
+    np.testing.assert_array_equal(result.scaling.scale, [1.0, 1.0])
+    np.testing.assert_array_equal(result.linear_weight, result.params.weight)
+    assert result.linear_bias == result.params.bias
+    np.testing.assert_allclose(result.params.weight, weight, rtol=1e-9)
+    assert result.params.bias == pytest.approx(bias, rel=1e-9, abs=0)
+    assert abs(result.optimality_gap) < 1e-12
+
+
+def test_no_standardize_float32_default_run_is_close() -> None:
+    result = run_training(cpu(standardize=False))
+    assert 0 <= result.optimality_gap < 1e-4
+    weight, bias, _ = lstsq(result.data.X, result.data.y)
+    np.testing.assert_allclose(result.params.weight, weight, rtol=1e-3)
+    assert result.params.bias == pytest.approx(bias, rel=1e-3, abs=0)
+
+
+def test_standardized_training_units_differ_but_params_are_in_data_units() -> None:
+    result = run_training(cpu(samples=200, features=2, weight=(3.0, -1.0), dtype="float64", tol=0))
+    X = np.asarray(result.data.X)
+    stats = column_stats(X)
+    np.testing.assert_array_equal(result.scaling.mean, stats.mean)
+    np.testing.assert_array_equal(result.scaling.scale, stats.scale)
+    # the trained nn.Linear acts on z = (x - mean) / std: its weights are w * std
+    np.testing.assert_allclose(result.linear_weight, result.params.weight * stats.std, rtol=1e-12)
+    weight, bias, _ = lstsq(X, result.data.y)
+    np.testing.assert_allclose(result.params.weight, weight, rtol=1e-9)
+    np.testing.assert_allclose(result.predicted, X @ weight + bias, rtol=1e-9)
+
+
+# -- SGD variants ---------------------------------------------------------------------------
+
+
+def test_mini_batch_runs_and_reduces_the_loss() -> None:
+    config = cpu(samples=256, features=3, batch_size=32, epochs=40, tol=0.0)
+    result = run_training(config)
+    assert len(result.history) == 40
+    assert all(math.isfinite(loss) for loss in result.history)
+    # from the zero start (mse ~ E[y^2] ~ 17) to near the noise floor (0.01)
+    assert result.history[-1] < 0.01 * result.history[0]
+    assert result.train.r2 is not None and result.train.r2 > 0.95
+    weight, _, _ = lstsq(result.data.X, result.data.y)
+    np.testing.assert_allclose(result.params.weight, weight, atol=0.15)
+    # with more than one step per epoch, the automatic step is below the full-batch one
+    full = run_training(dataclasses.replace(config, batch_size=0, epochs=1))
+    assert result.lr < full.lr
+
+
+def test_momentum_is_accepted_and_converges() -> None:
+    result = run_training(cpu(momentum=0.9, dtype="float64", tol=0.0, epochs=400))
+    weight, _, _ = lstsq(result.data.X, result.data.y)
+    assert abs(result.optimality_gap) < 1e-10
+    np.testing.assert_allclose(result.params.weight, weight, rtol=1e-8)
+    plain = run_training(cpu(dtype="float64", tol=0.0, epochs=5))
+    heavy = run_training(cpu(momentum=0.9, dtype="float64", tol=0.0, epochs=5))
+    assert not np.array_equal(plain.linear_weight, heavy.linear_weight)  # momentum is used
+
+
+def test_weight_decay_shrinks_the_weights() -> None:
+    options = {"samples": 200, "features": 3, "weight": (2.0, -3.0, 1.0), "dtype": "float64"}
+    free = run_training(cpu(**options, weight_decay=0.0))
+    decayed = run_training(cpu(**options, weight_decay=0.5))
+    assert np.all(np.abs(decayed.linear_weight) < np.abs(free.linear_weight))
+    assert np.all(np.abs(decayed.params.weight) < np.abs(free.params.weight))
+    assert np.all(np.sign(decayed.params.weight) == np.sign(free.params.weight))
+    # the intercept is not penalized: in training units it stays at the mean of y
+    assert decayed.linear_bias == pytest.approx(float(np.mean(decayed.data.y)), rel=1e-6, abs=0)
+    # ridge on standardized features (MSE + wd/2 |w|^2): w = (Z'Z/n + wd/2)^-1 Z'y/n
+    Z = (decayed.data.X - decayed.scaling.mean) / decayed.scaling.scale
+    yc = decayed.data.y - decayed.data.y.mean()
+    ridge = np.linalg.solve(Z.T @ Z / len(yc) + 0.25 * np.eye(3), Z.T @ yc / len(yc))
+    np.testing.assert_allclose(decayed.linear_weight, ridge, rtol=1e-4)
+    assert decayed.optimality_gap > 0.01
+
+
+# -- determinism ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [0, 16])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_same_config_gives_bit_identical_params(batch_size: int, dtype: str) -> None:
+    config = cpu(samples=150, features=2, batch_size=batch_size, epochs=30, dtype=dtype)
+    first, second = run_training(config), run_training(config)
+    np.testing.assert_array_equal(first.linear_weight, second.linear_weight, strict=True)
+    assert first.linear_bias == second.linear_bias
+    np.testing.assert_array_equal(first.params.weight, second.params.weight, strict=True)
+    assert first.params.bias == second.params.bias
+    assert first.history == second.history
+
+
+def test_mini_batch_order_follows_the_seed() -> None:
+    data = synthetic(cpu(samples=150, features=2))
+    one = run_training(cpu(samples=150, features=2, batch_size=16, epochs=5, seed=1), data=data)
+    two = run_training(cpu(samples=150, features=2, batch_size=16, epochs=5, seed=2), data=data)
+    assert not np.array_equal(one.linear_weight, two.linear_weight)
+
+
+# -- divergence -----------------------------------------------------------------------------
+
+
+def test_huge_lr_without_standardize_diverges_with_a_hint() -> None:
+    config = cpu(lr=1e6, standardize=False, epochs=500)
+    with pytest.raises(DivergedError) as info:
+        run_training(config)
+    message = str(info.value)
+    assert "--lr" in message
+    assert "1e+06" in message
+    assert "at epoch" in message
+
+
+def test_train_raises_on_the_first_non_finite_loss() -> None:
+    X = torch.tensor([[1e3], [2e3]], dtype=torch.float32)
+    y = torch.tensor([[1.0], [2.0]])
+    seen: list[Progress] = []
+    with pytest.raises(DivergedError, match=r"lower --lr"):
+        train(X, y, config=cpu(epochs=1000, tol=0.0), lr=10.0, progress=seen.append)
+    assert 0 < len(seen) < 1000
+    assert all(math.isfinite(p.loss) for p in seen)
+
+
+# -- the loop itself ------------------------------------------------------------------------
+
+
+def test_train_reports_every_epoch_through_the_callback() -> None:
+    data = synthetic(cpu(dtype="float64"))
+    scaling = Scaling(mean=column_stats(data.X).mean, scale=column_stats(data.X).scale)
+    X = to_training_tensor(data.X, scaling, device=torch.device("cpu"), dtype=torch.float64)
+    y = target_tensor(data.y, device=torch.device("cpu"), dtype=torch.float64)
+    assert X.shape == (100, 1) and y.shape == (100, 1)
+    seen: list[Progress] = []
+    trained = train(
+        X, y, config=cpu(epochs=25, tol=0.0, dtype="float64"), lr=0.1, progress=seen.append
+    )
+    assert [p.epoch for p in seen] == list(range(1, 26))
+    assert all(p.epochs == 25 for p in seen)
+    assert [p.loss for p in seen] == trained.history
+    assert all(b.elapsed >= a.elapsed >= 0 for a, b in itertools.pairwise(seen))
+    assert trained.lr == 0.1 and not trained.converged
+    # full batch with a stable step: the loss falls every epoch
+    assert all(b < a for a, b in itertools.pairwise(trained.history))
+    # the first loss is that of the zero-initialized model: mean(y^2)
+    assert trained.history[0] == pytest.approx(float(np.mean(data.y**2)), rel=1e-12, abs=0)
+
+
+def test_train_stops_early_when_the_loss_settles() -> None:
+    data = synthetic(cpu(dtype="float64"))
+    X = torch.from_numpy((data.X - data.X.mean(0)) / data.X.std(0))
+    y = torch.from_numpy(data.y).reshape(-1, 1)
+    trained = train(X, y, config=cpu(epochs=1000, tol=1e-6, patience=3), lr=0.5)
+    assert trained.converged
+    assert len(trained.history) < 20
+
+
+# -- early stopping -------------------------------------------------------------------------
+
+
+def test_early_stopping_with_tol_zero_never_stops() -> None:
+    stopper = EarlyStopping(tol=0.0, patience=1)
+    assert not any(stopper.update(1.0) for _ in range(100))
+    assert not stopper.converged
+
+
+def test_flat_loss_converges_after_patience_epochs() -> None:
+    stopper = EarlyStopping(tol=1e-3, patience=4)
+    results = [stopper.update(2.0) for _ in range(5)]
+    # the first epoch sets the best; the next four are within tol of it
+    assert results == [False, False, False, False, True]
+    assert stopper.converged
+
+
+def test_loss_settling_within_tol_converges() -> None:
+    stopper = EarlyStopping(tol=1e-2, patience=3)
+    for loss in (10.0, 5.0, 2.0):
+        assert not stopper.update(loss)
+    assert not stopper.update(1.999)
+    assert not stopper.update(1.995)
+    assert stopper.update(1.998)
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [1.0 * 1.01**k for k in range(200)],  # rising 1 % a step
+        [1.0 + k for k in range(200)],  # rising fast
+        [1.0 if k % 2 == 0 else 2.0 for k in range(200)],  # oscillating
+        [2.0**k for k in range(200)],  # diverging
+    ],
+    ids=["rising", "rising-fast", "oscillating", "diverging"],
+)
+def test_rising_loss_never_counts_as_converged(losses: list[float]) -> None:
+    stopper = EarlyStopping(tol=1e-3, patience=3)
+    assert not any(stopper.update(loss) for loss in losses)
+    assert not stopper.converged
+
+
+def test_steadily_improving_loss_never_converges() -> None:
+    stopper = EarlyStopping(tol=1e-3, patience=2)
+    assert not any(stopper.update(0.9**k) for k in range(300))
+
+
+def test_improvement_resets_the_patience_count() -> None:
+    stopper = EarlyStopping(tol=1e-3, patience=3)
+    assert [stopper.update(x) for x in (1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5)] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+# -- the automatic step size -----------------------------------------------------------------
+
+
+def test_auto_lr_is_one_half_for_one_standardized_feature_full_batch() -> None:
+    lr = auto_lr(
+        second_moment=np.array([[1.0]]),
+        mean=np.array([0.0]),
+        samples=100,
+        batch_size=0,
+        max_row_norm2=0.0,
+        weight_decay=0.0,
+    )
+    assert lr == pytest.approx(0.5, rel=1e-15, abs=0)
+    assert run_training(cpu()).lr == pytest.approx(0.5, rel=1e-12, abs=0)
+
+
+def test_auto_lr_matches_the_largest_hessian_eigenvalue() -> None:
+    rng = np.random.default_rng(0)
+    A = np.column_stack([rng.normal(1.0, 2.0, size=(500, 3)), np.ones(500)])
+    hessian = 2 * A.T @ A / 500
+    Z = A[:, :3]
+    lr = auto_lr(
+        second_moment=Z.T @ Z / 500,
+        mean=Z.mean(axis=0),
+        samples=500,
+        batch_size=0,
+        max_row_norm2=0.0,
+        weight_decay=0.3,
+    )
+    assert lr == pytest.approx(1 / (np.linalg.eigvalsh(hessian)[-1] + 0.3), rel=1e-12, abs=0)
+
+
+def test_auto_lr_for_single_rows_is_the_per_row_bound() -> None:
+    lr = auto_lr(
+        second_moment=np.array([[1.0]]),
+        mean=np.array([0.0]),
+        samples=100,
+        batch_size=1,
+        max_row_norm2=9.0,
+        weight_decay=0.0,
+    )
+    assert lr == pytest.approx(1 / (2 * (9.0 + 1.0)), rel=1e-15, abs=0)
+
+
+# -- Scaling -------------------------------------------------------------------------------
+
+
+def test_to_data_units_round_trip_equals_fitting_raw() -> None:
+    rng = np.random.default_rng(7)
+    X = rng.normal([5.0, -3.0, 100.0], [2.0, 0.1, 30.0], size=(300, 3))
+    X[:, 1] = 4.25  # a constant column: scale 1, weight 0
+    y = X @ np.array([1.5, 0.0, -0.02]) + 7.0 + rng.normal(size=300)
+    stats = column_stats(X)
+    scaling = Scaling(mean=stats.mean, scale=stats.scale)
+    assert scaling.scale[1] == 1.0
+    Z = (X - scaling.mean) / scaling.scale
+    w_z, b_z, _ = lstsq(np.delete(Z, 1, axis=1), y)
+    weight, bias = scaling.to_data_units(np.insert(w_z, 1, 0.0), b_z)
+    w_raw, b_raw, _ = lstsq(np.delete(X, 1, axis=1), y)
+    np.testing.assert_allclose(np.delete(weight, 1), w_raw, rtol=1e-10)
+    assert weight[1] == 0.0
+    assert bias == pytest.approx(b_raw, rel=1e-10, abs=0)
+    np.testing.assert_allclose(X @ weight + bias, Z @ np.insert(w_z, 1, 0.0) + b_z, rtol=1e-12)
+
+
+def test_identity_scaling_changes_nothing() -> None:
+    scaling = Scaling.identity(3)
+    weight, bias = scaling.to_data_units(np.array([1.0, -2.0, 0.5]), 4.0)
+    np.testing.assert_array_equal(weight, [1.0, -2.0, 0.5])
+    assert bias == 4.0
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+def test_resolve_cpu() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@without_cuda
+def test_auto_without_cuda_is_cpu() -> None:
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        pytest.skip("this machine has MPS, which auto prefers")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@without_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
+def test_explicit_cuda_without_cuda_is_an_error(name: str) -> None:
+    with pytest.raises(DeviceUnavailableError) as info:
+        resolve_device(name)
+    message = str(info.value)
+    assert message.startswith(f"--device {name}:")
+    assert "--device cpu" in message
+
+
+@without_cuda
+def test_training_on_unavailable_cuda_fails_before_training() -> None:
+    with pytest.raises(DeviceUnavailableError, match="--device cuda"):
+        run_training(TrainConfig(device="cuda"))
+
+
+@needs_cuda
+def test_cuda_index_beyond_the_device_count_is_an_error() -> None:
+    name = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(DeviceUnavailableError, match=name):
+        resolve_device(name)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(
+    ("options", "rtol"),
+    [
+        ({"dtype": "float32"}, 1e-4),
+        ({"dtype": "float64", "tol": 0.0, "epochs": 300}, 1e-10),
+        ({"dtype": "float32", "batch_size": 16, "epochs": 20, "features": 3}, 1e-4),
+    ],
+)
+def test_training_on_cuda_matches_cpu(options: dict[str, object], rtol: float) -> None:
+    on_cpu = run_training(TrainConfig(device="cpu", **options))  # type: ignore[arg-type]
+    on_gpu = run_training(TrainConfig(device="cuda", **options))  # type: ignore[arg-type]
+    assert on_gpu.device.startswith("cuda")
+    np.testing.assert_allclose(on_gpu.params.weight, on_cpu.params.weight, rtol=rtol)
+    assert on_gpu.params.bias == pytest.approx(on_cpu.params.bias, rel=rtol, abs=0)
+    assert on_gpu.train.mse == pytest.approx(on_cpu.train.mse, rel=10 * rtol, abs=0)
