@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
@@ -437,6 +438,9 @@ def _shown(value: Any) -> str:
     return str(value) if isinstance(value, int | float) else repr(value)
 
 
+COMMANDS = ("train", "predict", "generate")
+
+
 def usage_message(message: str, args: list[str]) -> str:
     """Click's message, with the offending value added where Click leaves it out."""
     found = re.match(r"Invalid value for '(--[\w-]+)'", message)
@@ -449,7 +453,8 @@ def usage_message(message: str, args: list[str]) -> str:
                 value = arg.split("=", 1)[1]
         if value is not None and repr(value) not in message:
             message = f"{message.rstrip('.')}, got {value!r}"
-    return f"{message} (see linreg train --help)" if "--" in message else message
+    command = next((arg for arg in args if arg in COMMANDS), None)
+    return f"{message} (see linreg {command + ' ' if command else ''}--help)"
 
 
 def _on_signal(number: int, frame: FrameType | None) -> NoReturn:
@@ -473,7 +478,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = result if isinstance(result, int) else ExitCode.OK
     except RegressionError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         output.error(message_for(exc))
         code = exit_code_for(exc)
     except typer.TyperException as exc:  # usage errors found while parsing the command line
@@ -491,9 +496,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = ExitCode.FAILURE
     except Exception as exc:
         if debug:
-            raise
-        output.error(
-            f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-        )
+            traceback.print_exc()
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        output.error(f"unexpected {type(exc).__name__}: {exc}{hint}")
         code = ExitCode.FAILURE
     sys.exit(int(code))

@@ -48,6 +48,8 @@ class TrainConfig:
         _check_int(self, "samples", 1)
         _check_int(self, "features", 1)
         _check_int(self, "seed", 0)
+        if self.seed >= 2**63:
+            raise ConfigError("seed", "must be < 2**63", self.seed)
         _check_int(self, "epochs", 1)
         _check_int(self, "batch_size", 0)
         _check_int(self, "patience", 1)

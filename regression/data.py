@@ -47,16 +47,22 @@ def synthetic(config: TrainConfig) -> Dataset:
     w = np.asarray(config.weights, dtype=np.float64)
     X = np.empty((n, d), dtype=dtype)
     y = np.empty(n, dtype=dtype)
-    for start in range(0, n, CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, n)
-        x = x_stream.random((stop - start, d))
-        X[start:stop] = x
-        # X @ w one feature at a time: a matrix product would round differently for a
-        # one-row chunk, and the values must not depend on the chunking
-        target = np.full(stop - start, config.bias)
-        for j in range(d):
-            target += x[:, j] * w[j]
-        y[start:stop] = target + config.noise * noise_stream.standard_normal(stop - start)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            x = x_stream.random((stop - start, d))
+            X[start:stop] = x
+            # X @ w one feature at a time: a matrix product would round differently for a
+            # one-row chunk, and the values must not depend on the chunking
+            target = np.full(stop - start, config.bias)
+            for j in range(d):
+                target += x[:, j] * w[j]
+            y[start:stop] = target + config.noise * noise_stream.standard_normal(stop - start)
+            if not np.all(np.isfinite(y[start:stop])):
+                raise DataError(
+                    f"--weight, --bias and --noise make y overflow {config.dtype}; "
+                    "use smaller values or --dtype float64"
+                )
     names = tuple(f"x{j + 1}" for j in range(d))
     return Dataset(X=X, y=y, feature_names=names, target_name="y", source="synthetic")
 

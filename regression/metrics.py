@@ -105,8 +105,10 @@ def linear_predict(X: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray
     return out
 
 
-def optimality_gap(mse: float, least_squares_mse: float) -> float | None:
-    """(mse - least-squares mse) / least-squares mse; None when the data fit exactly."""
-    if least_squares_mse <= 0:
+def optimality_gap(mse: float, least_squares_mse: float, y_mean_square: float) -> float | None:
+    """(mse - least-squares mse) / least-squares mse; None when the data fit exactly, that is
+    when the least-squares residuals are at float64 rounding level of y (then the ratio would
+    only measure rounding)."""
+    if least_squares_mse <= (1e-12) ** 2 * y_mean_square:
         return None
     return (mse - least_squares_mse) / least_squares_mse

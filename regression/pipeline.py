@@ -13,6 +13,7 @@ from .config import TrainConfig
 from .data import Dataset, column_stats, fingerprint, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
+from .errors import ConfigError
 from .metrics import (
     Fit,
     LeastSquares,
@@ -98,6 +99,7 @@ def run_training(
     )
     inputs = to_training_tensor(X, scaling, device=device, dtype=dtype)
     target = target_tensor(y, device=device, dtype=dtype)
+    _check_representable(config, dtype)
     lr = config.lr
     if lr is None:
         lr = _auto_lr(config, inputs, ols, scaling)
@@ -137,7 +139,11 @@ def run_training(
         predicted=predicted,
         train=fit,
         val=val_fit,
-        optimality_gap=optimality_gap(fit.mse, ols.mse),
+        # the optimum's mse by the same float64 arithmetic as the learned one, so that the
+        # gap compares like with like (and is not negative by rounding)
+        optimality_gap=optimality_gap(
+            fit.mse, fit_metrics(y, ols.predict(X)).mse, float(np.mean(y64**2))
+        ),
         statistics=ols_statistics(ols, data.feature_names, tss, confidence),
         history=trained.history,
         val_history=trained.val_history,
@@ -147,6 +153,15 @@ def run_training(
         warnings=warnings,
         data_sha256=fingerprint(data),
     )
+
+
+def _check_representable(config: TrainConfig, dtype: torch.dtype) -> None:
+    """Step sizes the optimizer cannot hold in the training dtype are usage errors."""
+    largest = torch.finfo(dtype).max
+    for name in ("lr", "weight_decay"):
+        value = getattr(config, name)
+        if value is not None and value > largest:
+            raise ConfigError(name, f"must be at most {largest:g} in {config.dtype}", value)
 
 
 def _predict(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:

@@ -111,14 +111,14 @@ def train(
 
 
 class EarlyStopping:
-    """Met when the loss has stayed within ``tol`` (relative) of the best so far for
-    ``patience`` epochs in a row: it neither improved nor rose by more than that. A rising
-    loss is never taken for convergence. ``tol == 0`` never stops early."""
+    """Met when the epoch loss has changed by at most ``tol`` (relative to the previous
+    epoch's) for ``patience`` epochs in a row. A loss that rises by more than that is not
+    settling, and resets the count like an improvement does. ``tol == 0`` never stops."""
 
     def __init__(self, *, tol: float, patience: int) -> None:
         self.tol = tol
         self.patience = patience
-        self.best = math.inf
+        self.previous = math.inf
         self.stalled = 0
         self.converged = False
 
@@ -126,11 +126,11 @@ class EarlyStopping:
         """Record one epoch's loss; True when training should stop."""
         if self.tol == 0:
             return False
-        if self.best - self.tol * self.best <= loss <= self.best + self.tol * self.best:
-            self.stalled += 1  # settled: neither improving nor getting worse
-        else:
-            self.stalled = 0  # improving, or rising (oscillating or diverging): not converged
-        self.best = min(self.best, loss)
+        settled = math.isfinite(self.previous) and (
+            abs(loss - self.previous) <= self.tol * abs(self.previous)
+        )
+        self.stalled = self.stalled + 1 if settled else 0
+        self.previous = loss
         self.converged = self.stalled >= self.patience
         return self.converged
 

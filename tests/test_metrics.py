@@ -304,9 +304,11 @@ def test_fit_metrics_computes_in_float64_and_accepts_columns() -> None:
     [(1.1, 1.0, 0.1), (1.0, 1.0, 0.0), (3.0, 0.5, 5.0), (0.99, 1.0, -0.01)],
 )
 def test_optimality_gap(mse: float, ls_mse: float, gap: float) -> None:
-    assert optimality_gap(mse, ls_mse) == pytest.approx(gap, rel=1e-12, abs=1e-15)
+    assert optimality_gap(mse, ls_mse, 4.0) == pytest.approx(gap, rel=1e-12, abs=1e-15)
 
 
-@pytest.mark.parametrize("ls_mse", [0.0, -1e-30])
+@pytest.mark.parametrize("ls_mse", [0.0, -1e-30, 1e-32, 3.9e-24])
 def test_optimality_gap_is_none_for_an_exact_fit(ls_mse: float) -> None:
-    assert optimality_gap(0.5, ls_mse) is None
+    # residuals at float64 rounding level of y (mean square 4) are an exact fit
+    assert optimality_gap(0.5, ls_mse, 4.0) is None
+    assert optimality_gap(0.5, 1e-20, 4.0) is not None
