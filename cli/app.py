@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sys
 import traceback
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from regression import __version__
-from regression.config import TrainConfig, parse_lr, to_toml
+from regression.config import TrainConfig, parse_lr
 from regression.errors import (
     ConfigError,
     DataError,
@@ -29,6 +27,7 @@ from regression.errors import (
 
 from . import output
 from .exit_codes import ExitCode
+from .signals import STOP, Interrupted
 
 DEFAULTS = TrainConfig()
 DATA = "Data"
@@ -46,15 +45,6 @@ app = typer.Typer(
     rich_markup_mode="rich" if output.is_terminal(sys.stdout) else None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; carries the exit status."""
-
-    def __init__(self, code: ExitCode, name: str) -> None:
-        super().__init__(name)
-        self.code = code
-        self.name = name
 
 
 def _version(value: bool) -> None:
@@ -207,6 +197,33 @@ def train(
         ),
     ] = DEFAULTS.device,
     dtype: Dtype = DEFAULTS.dtype,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            metavar="K",
+            help="Save a checkpoint every K epochs (and when stopped by a signal); 0 = never.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = DEFAULTS.checkpoint_every,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Continue the interrupted run in DIR from its checkpoint, with its options.",
+            show_default=False,
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE.toml",
+            help="Option values from TOML (command line > LINREG_<OPTION> > file > default).",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -284,51 +301,43 @@ def train(
     """Train nn.Linear with SGD on MSELoss; write metrics, model, history and figure.
 
     With no options it runs the demo: 100 samples of y = 2x + 1 + 0.1 N(0, 1).
+    Every option can also come from LINREG_<OPTION> or a --config TOML file.
     """
-    if data is not None:
-        _refuse_with_data(ctx, ["samples", "features", "weight", "bias", "noise"])
-    elif target is not None:
-        raise ConfigError("target", "needs --data (synthetic data has one target, y)", target)
-    config = TrainConfig(
-        data=str(data.resolve()) if data is not None else None,
-        target=target,
-        val_fraction=val_fraction,
-        samples=samples,
-        features=features,
-        weight=tuple(weight) if weight else DEFAULTS.weight,
-        bias=bias,
-        noise=noise,
-        seed=seed,
-        epochs=epochs,
-        lr=parse_lr(lr),
-        batch_size=batch_size,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        standardize=standardize,
-        tol=tol,
-        patience=patience,
-        device=device,
-        dtype=dtype,
-    )
+    from . import settings
+
+    values, sources = settings.resolve(ctx, config_file)
+    if resume is not None:
+        _resume_values(values, sources, resume, config_file)
+    config = _train_config(values, sources)
+    confidence = values["confidence"]
     if not 0 < confidence < 1:
         raise ConfigError("confidence", "must be in (0, 1)", confidence)
-    if plot is not None and no_plot:
-        raise ConfigError("plot", "cannot be combined with --no-plot", str(plot))
+    if values["plot"] is not None and values["no_plot"]:
+        raise ConfigError("plot", "cannot be combined with --no-plot", str(values["plot"]))
     if print_config:
-        print(to_toml(config.to_dict()), end="")
+        resolved = {**values, **config.to_dict()}  # TrainConfig's names are the parameters'
+        shown = [
+            setting.key
+            for setting in settings.SETTINGS
+            if resolved.get(setting.param) is not None
+            and setting.key != "debug"
+            and (setting.key in config.to_dict() or setting.key not in settings.TRAINING_KEYS)
+        ]
+        print(settings.to_config_toml(resolved, shown), end="")
         return
     from .train_command import run_train
 
     run_train(
         config,
-        out=out,
-        overwrite=overwrite,
-        plot=None if no_plot else plot,
-        draw=not no_plot,
-        json_output=json_output,
-        quiet=quiet,
-        log_file=log_file,
-        summary=summary,
+        out=resume if resume is not None else values["out"],
+        overwrite=values["overwrite"],
+        resume=resume is not None,
+        plot=None if values["no_plot"] else values["plot"],
+        draw=not values["no_plot"],
+        json_output=values["json_output"],
+        quiet=values["quiet"],
+        log_file=values["log_file"],
+        summary=values["summary"],
         confidence=confidence,
     )
 
@@ -406,12 +415,69 @@ def generate(
     run_generate(config, out=out, quiet=quiet)
 
 
-def _refuse_with_data(ctx: typer.Context, names: list[str]) -> None:
-    """Synthetic-data options given together with --data would be silently ignored: refuse."""
-    for name in names:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name != "DEFAULT":
-            raise ConfigError(name, "describes synthetic data and cannot be used with --data", None)
+def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfig:
+    """The TrainConfig of the resolved values; synthetic options with --data are refused."""
+    if values["data"] is not None:
+        for key in ("samples", "features", "weight", "bias", "noise"):
+            if sources[key] != "default":
+                raise ConfigError(
+                    key, "describes synthetic data and cannot be used with --data", None
+                )
+    elif values["target"] is not None:
+        raise ConfigError(
+            "target", "needs --data (synthetic data has one target, y)", values["target"]
+        )
+    data = values["data"]
+    weight = values["weight"]
+    return TrainConfig(
+        data=str(Path(data).resolve()) if data is not None else None,
+        target=values["target"],
+        val_fraction=values["val_fraction"],
+        samples=values["samples"],
+        features=values["features"],
+        weight=tuple(weight) if weight else DEFAULTS.weight,
+        bias=values["bias"],
+        noise=values["noise"],
+        seed=values["seed"],
+        epochs=values["epochs"],
+        lr=parse_lr(values["lr"]),
+        batch_size=values["batch_size"],
+        momentum=values["momentum"],
+        weight_decay=values["weight_decay"],
+        standardize=values["standardize"],
+        tol=values["tol"],
+        patience=values["patience"],
+        device=values["device"],
+        dtype=values["dtype"],
+        checkpoint_every=values["checkpoint_every"],
+    )
+
+
+def _resume_values(
+    values: dict[str, Any], sources: dict[str, str], run_dir: Path, config_file: Path | None
+) -> None:
+    """With --resume DIR the training options are DIR's config.toml, and nothing else."""
+    from regression.artifacts import CONFIG_FILE
+
+    from . import settings
+
+    given = [key for key in [*settings.TRAINING_KEYS, "out"] if sources[key] != "default"]
+    if config_file is not None:
+        given.insert(0, "config")
+    if given:
+        raise ConfigError(
+            given[0],
+            "cannot be used with --resume: the run continues with the options in "
+            f"{run_dir / CONFIG_FILE}",
+            None,
+        )
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError("resume", f"needs a run directory with {CONFIG_FILE}", str(run_dir))
+    saved = settings.read_config(run_dir / CONFIG_FILE)
+    for key in settings.TRAINING_KEYS:
+        if key in saved:
+            values[settings.BY_KEY[key].param] = saved[key]
+            sources[key] = "config"
 
 
 EXIT_CODES: list[tuple[type[RegressionError], ExitCode]] = [
@@ -457,21 +523,11 @@ def usage_message(message: str, args: list[str]) -> str:
     return f"{message} (see linreg {command + ' ' if command else ''}--help)"
 
 
-def _on_signal(number: int, frame: FrameType | None) -> NoReturn:
-    # a second signal while the first is being handled ends the process at once
-    signal.signal(number, signal.SIG_DFL)
-    code, name = (
-        (ExitCode.SIGTERM, "SIGTERM") if number == signal.SIGTERM else (ExitCode.SIGINT, "SIGINT")
-    )
-    raise Interrupted(code, name)
-
-
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``linreg`` and ``python -m cli``: one place turns failures into exit codes."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("LINREG_DEBUG", "") not in ("", "0")
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    STOP.install()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="linreg", standalone_mode=False)
@@ -489,7 +545,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             output.error(usage_message(exc.format_message(), args))
             code = getattr(exc, "exit_code", ExitCode.USAGE)
     except Interrupted as exc:
-        output.error(f"interrupted by {exc.name}; no results were written")
+        output.error(str(exc))
         code = exc.code
     except typer.Abort:
         output.error("aborted")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +16,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from regression.train import Progress
+
+
+HEARTBEAT_S = 60.0  # the longest gap between plain progress lines
 
 
 def is_terminal(stream: IO[str]) -> bool:
@@ -57,8 +61,8 @@ class ProgressReporter:
         self.log = log
         self.bar: Any = None
         self.plain = not quiet and not is_terminal(sys.stderr)
-        self.next_line = 1  # plain lines at epochs 1, 2, 4, 8, ...
-        self.next_log = 1
+        self.next_line = 1
+        self.last_line = time.monotonic()
         if not quiet and is_terminal(sys.stderr):
             from rich.console import Console
             from rich.progress import (
@@ -97,12 +101,22 @@ class ProgressReporter:
             self.bar.update(
                 self.task, completed=event.epoch, total=event.epochs, loss=f"{event.loss:.6g}"
             )
-        if self.plain and event.epoch >= self.next_line:
+        if not self._due(event):
+            return
+        if self.plain:
             print(line, file=sys.stderr, flush=True)
-            self.next_line = 2 * event.epoch
-        if self.log is not None and event.epoch >= self.next_log:
+        if self.log is not None:
             self.log.write(line)
-            self.next_log = 2 * event.epoch
+
+    def _due(self, event: Progress) -> bool:
+        """Lines at epochs 1, 2, 4, 8, ... and at least one a minute in between."""
+        now = time.monotonic()
+        if event.epoch < self.next_line and now - self.last_line < HEARTBEAT_S:
+            return False
+        if event.epoch >= self.next_line:
+            self.next_line = 2 * event.epoch
+        self.last_line = now
+        return True
 
 
 def progress_line(event: Progress) -> str:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from regression import artifacts
 from regression.config import TrainConfig, to_toml
-from regression.errors import ConfigError, OutputError
+from regression.errors import ConfigError, OutputError, TrainingStopped
 
 from . import output
+from .signals import STOP, Interrupted
 
 if TYPE_CHECKING:
     from regression.pipeline import RunResult
@@ -22,6 +23,7 @@ def run_train(
     *,
     out: Path | None,
     overwrite: bool,
+    resume: bool,
     plot: Path | None,
     draw: bool,
     json_output: bool,
@@ -34,13 +36,16 @@ def run_train(
     if plot is not None:
         _check_plot_path(plot)
     log = _open_log(log_file) if log_file is not None else None
-    existed = out is not None and out.exists()
-    run_dir = artifacts.prepare_run_dir(out, overwrite=overwrite)
+    run = artifacts.prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    config_path = run.path / artifacts.CONFIG_FILE
     try:
+        # first, so that an interrupted run can be resumed with the same options
+        artifacts.write_text(config_path, to_toml(config.to_dict()))
         _train_and_write(
             config,
-            run_dir=run_dir,
-            plot=(plot if plot is not None else run_dir / artifacts.PLOT_FILE) if draw else None,
+            run_dir=run.path,
+            resume=resume,
+            plot=(plot if plot is not None else run.path / artifacts.PLOT_FILE) if draw else None,
             json_output=json_output,
             quiet=quiet,
             log=log,
@@ -48,11 +53,14 @@ def run_train(
             confidence=confidence,
         )
     except BaseException:
-        if not existed:  # a run directory this run made and filled with nothing stays not made
+        if run.created and not (run.path / artifacts.CHECKPOINT_FILE).exists():
+            # nothing to resume: a directory this run made goes away again
             with contextlib.suppress(OSError):
-                run_dir.rmdir()
+                config_path.unlink()
+                run.path.rmdir()
         raise
     finally:
+        run.release()
         if log is not None:
             log.close()
 
@@ -61,6 +69,7 @@ def _train_and_write(
     config: TrainConfig,
     *,
     run_dir: Path,
+    resume: bool,
     plot: Path | None,
     json_output: bool,
     quiet: bool,
@@ -71,8 +80,30 @@ def _train_and_write(
     from regression.pipeline import run_training
     from regression.report import metrics_document
 
-    with output.ProgressReporter(quiet=quiet, log=log) as progress:
-        result = run_training(config, confidence=confidence, progress=progress)
+    try:
+        with output.ProgressReporter(quiet=quiet, log=log) as progress:
+            result = run_training(
+                config,
+                confidence=confidence,
+                progress=progress,
+                run_dir=run_dir,
+                resume=resume,
+                should_stop=STOP,
+            )
+    except TrainingStopped as stopped:
+        assert STOP.received is not None
+        if stopped.saved:
+            detail = (
+                f"checkpoint of epoch {stopped.epoch} saved; continue with: "
+                f"linreg train --resume {run_dir}"
+            )
+        else:
+            detail = (
+                f"stopped after epoch {stopped.epoch}, no results were written "
+                "(--checkpoint-every K makes a run resumable)"
+            )
+        raise Interrupted(*STOP.received, detail=detail) from None
+    STOP.leave_loop()
     metrics = metrics_document(result)
     if not quiet:
         for warning in result.warnings:

@@ -25,6 +25,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.toml"
 PLOT_FILE = "plot.png"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 @contextlib.contextmanager
@@ -95,41 +96,87 @@ def write_history(path: Path, losses: list[float], val_losses: list[float] | Non
 # -- the run directory ---------------------------------------------------------------------
 
 
-def prepare_run_dir(out: Path | None, *, overwrite: bool, root: Path = Path("runs")) -> Path:
-    """Create the run directory, or accept an existing one that is empty (or ``overwrite``).
+class RunDir:
+    """A run directory held for one run: an exclusive lock on the directory keeps a second
+    linreg run from writing to it at the same time (``flock``, released when the process
+    ends, however it ends)."""
+
+    def __init__(self, path: Path, *, created: bool) -> None:
+        self.path = path
+        self.created = created  # this run made the directory
+        self._fd: int | None = None
+
+    def lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return
+        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise OutputExistsError(
+                f"--out {self.path} is in use by another linreg run; "
+                "wait for it to finish or choose another directory"
+            ) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def prepare_run_dir(
+    out: Path | None, *, overwrite: bool, resume: bool = False, root: Path = Path("runs")
+) -> RunDir:
+    """Create and lock the run directory, or lock an existing one that is empty (or with
+    ``overwrite``, or the run being resumed).
 
     Without ``out`` a new folder ``runs/<UTC time>`` is made, with ``-2``, ``-3`` ... added
     when two runs start in the same second; ``mkdir`` is atomic, so they never share one.
-    With ``overwrite``, a stale ``metrics.json`` is removed first, so a run that then fails
-    does not leave the old results looking like its own.
+    With ``overwrite`` (or ``resume``) a stale ``metrics.json`` is removed first, so a run
+    that then fails does not leave the old results looking like its own.
     """
     if out is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        _make_dirs(root)
-        for attempt in range(1, 1000):
-            candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-            try:
-                candidate.mkdir()
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise OutputError(f"cannot create {candidate}: {exc.strerror or exc}") from exc
-            return candidate
-        raise OutputError(f"cannot find a free run directory name under {root}")
+        run = RunDir(_new_run_dir(root), created=True)
+        run.lock()
+        return run
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
+    created = not out.exists()
+    _make_dirs(out)
+    run = RunDir(out, created=created)
+    run.lock()
+    try:
+        if not resume and any(out.iterdir()) and not overwrite:
             raise OutputExistsError(
                 f"--out {out} already exists and is not empty; "
                 "choose a new directory or pass --overwrite"
             )
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to --out {out}: permission denied")
         with contextlib.suppress(FileNotFoundError):
             (out / METRICS_FILE).unlink()
-    _make_dirs(out)
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to --out {out}: permission denied")
-    return out
+    except BaseException:
+        run.release()
+        raise
+    return run
+
+
+def _new_run_dir(root: Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    _make_dirs(root)
+    for attempt in range(1, 1000):
+        candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create {candidate}: {exc.strerror or exc}") from exc
+        return candidate
+    raise OutputError(f"cannot find a free run directory name under {root}")
 
 
 def _make_dirs(path: Path) -> None:
@@ -198,14 +245,28 @@ def model_bytes(model: ModelFile) -> bytes:
         "standardize": json.dumps(model.standardize),
         "dtype": model.dtype,
     }
-    metadata["sha256"] = _checksum(tensors, metadata)
+    return safetensors_bytes(tensors, metadata)
+
+
+_DTYPES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("uint8"): "U8"}
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file, with a SHA-256 of the tensors and metadata added to the metadata.
+
+    Assembled here rather than by ``safetensors.numpy.save``, which writes the metadata in
+    hash-map order (different from call to call): the header is sorted JSON and the tensors
+    come in the given order, so the same content gives the same bytes.
+    """
+    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    metadata = {**metadata, "sha256": _checksum(arrays, metadata)}
     header: dict[str, Any] = {"__metadata__": metadata}
     blobs, offset = [], 0
-    for name, tensor in tensors.items():
-        blob = tensor.tobytes()
+    for name, array in arrays.items():
+        blob = array.tobytes()
         header[name] = {
-            "dtype": "F64",
-            "shape": list(tensor.shape),
+            "dtype": _DTYPES[array.dtype],
+            "shape": list(array.shape),
             "data_offsets": [offset, offset + len(blob)],
         }
         blobs.append(blob)
@@ -215,17 +276,41 @@ def model_bytes(model: ModelFile) -> bytes:
     return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
+def read_safetensors(path: Path, kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of a file written by ``safetensors_bytes``; ModelFileError for
+    anything else: not safetensors (a pickle, a torch.save file), truncated, or edited (the
+    checksum of the numbers and the metadata no longer matches)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {kind} {path}: {exc.strerror or exc}") from exc
+    try:
+        tensors = load(raw)
+        metadata = _header_metadata(raw)
+    except (SafetensorError, ValueError, OverflowError) as exc:
+        raise ModelFileError(
+            f"{path} is not a linreg {kind} file (not safetensors: {exc})"
+        ) from exc
+    if "sha256" in metadata and metadata["sha256"] != _checksum(tensors, metadata):
+        raise ModelFileError(f"{path}: damaged or modified {kind} file (checksum mismatch)")
+    return tensors, metadata
+
+
 def _checksum(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
-    """SHA-256 of the numbers and the metadata, so that an edited file (tampered, or
+    """SHA-256 of the metadata and the numbers, so that an edited file (tampered, or
     bit-rotted) is refused: the names matter as much as the weights, since predict matches
     columns by them."""
     digest = hashlib.sha256()
     for key in sorted(metadata):
         if key != "sha256":
             digest.update(json.dumps([key, metadata[key]]).encode())
-    for name in _TENSORS:
+    for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(tensors[name], dtype="<f8").tobytes())
+        digest.update(str(tensors[name].dtype).encode())
+        digest.update(np.ascontiguousarray(tensors[name]).tobytes())
     return digest.hexdigest()
 
 
@@ -239,18 +324,7 @@ def load_model(path: Path) -> ModelFile:
     safetensors holds raw numbers and a JSON header, so loading never executes code; a
     pickle, a ``torch.save`` file, a truncated or edited file all fail the checks below.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model {path}: {exc.strerror or exc}") from exc
-    try:
-        tensors = load(raw)
-        metadata = _header_metadata(raw)
-    except (SafetensorError, ValueError, OverflowError) as exc:
-        raise ModelFileError(f"{path} is not a linreg model file (not safetensors: {exc})") from exc
+    tensors, metadata = read_safetensors(path, "model")
     if metadata.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path} is not a linreg model file (no '{MODEL_FORMAT}' marker)")
     if metadata.get("format_version") != MODEL_FORMAT_VERSION:
@@ -282,8 +356,8 @@ def load_model(path: Path) -> ModelFile:
             raise ModelFileError(f"{path}: damaged model file (tensor {name!r} is not finite)")
     if set(tensors) != set(_TENSORS) or len(names) != features:
         raise ModelFileError(f"{path}: damaged model file (unexpected contents)")
-    if metadata.get("sha256") != _checksum(tensors, metadata):
-        raise ModelFileError(f"{path}: damaged or modified model file (checksum mismatch)")
+    if "sha256" not in metadata:
+        raise ModelFileError(f"{path}: damaged model file (no checksum)")
     if not all(isinstance(n, str) for n in names) or not isinstance(standardize, bool):
         raise ModelFileError(f"{path}: damaged model metadata")
     return ModelFile(

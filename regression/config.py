@@ -43,6 +43,7 @@ class TrainConfig:
     patience: int = 5  # ... for this many epochs in a row, >= 1
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     dtype: str = "float32"  # float32 or float64
+    checkpoint_every: int = 0  # save the loop state every this many epochs; 0 = never
 
     def __post_init__(self) -> None:
         _check_int(self, "samples", 1)
@@ -53,6 +54,7 @@ class TrainConfig:
         _check_int(self, "epochs", 1)
         _check_int(self, "batch_size", 0)
         _check_int(self, "patience", 1)
+        _check_int(self, "checkpoint_every", 0)
         weight = tuple(float(w) for w in self.weight)
         object.__setattr__(self, "weight", weight)
         if len(weight) not in (1, self.features):

@@ -39,3 +39,12 @@ class DivergedError(RegressionError):
 
 class DeviceUnavailableError(RegressionError):
     """The requested device does not exist on this machine."""
+
+
+class TrainingStopped(RegressionError):
+    """Training was asked to stop (a signal) and did, between two steps."""
+
+    def __init__(self, epoch: int, *, saved: bool) -> None:
+        self.epoch = epoch  # epochs completed
+        self.saved = saved  # a checkpoint of that epoch was written
+        super().__init__(f"training stopped after epoch {epoch}")

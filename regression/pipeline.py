@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .artifacts import CHECKPOINT_FILE
+from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_toml
 from .data import Dataset, column_stats, fingerprint, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
@@ -24,7 +27,7 @@ from .metrics import (
 )
 from .model import Scaling, target_tensor, to_training_tensor
 from .statistics import Statistics, ols_statistics
-from .train import ProgressCallback, auto_lr, train
+from .train import Checkpointer, ProgressCallback, auto_lr, train
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,17 @@ def run_training(
     data: Dataset | None = None,
     confidence: float = 0.95,
     progress: ProgressCallback | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Make or read the data, hold out a validation share, fit the rest, and measure the fit
-    against the least-squares optimum."""
+    against the least-squares optimum.
+
+    With ``config.checkpoint_every`` the loop state goes to ``run_dir``'s checkpoint file
+    every that many epochs and when ``should_stop`` stops it; ``resume`` continues from that
+    file (refused unless it was written by this version for the same options and data).
+    """
     start = time.perf_counter()
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
@@ -109,7 +120,26 @@ def run_training(
             to_training_tensor(val_data.X, scaling, device=device, dtype=dtype),
             target_tensor(val_data.y, device=device, dtype=dtype),
         )
-    trained = train(inputs, target, config=config, lr=lr, val=val, progress=progress)
+    data_sha256 = fingerprint(data)
+    identity = RunIdentity(config=to_toml(config.to_dict()), data_sha256=data_sha256, lr=lr)
+    checkpoint_path = (run_dir or Path(".")) / CHECKPOINT_FILE
+    checkpointer = None
+    if config.checkpoint_every:
+        checkpointer = Checkpointer(
+            lambda state: save_checkpoint(checkpoint_path, state, identity),
+            config.checkpoint_every,
+        )
+    trained = train(
+        inputs,
+        target,
+        config=config,
+        lr=lr,
+        val=val,
+        progress=progress,
+        resume=load_checkpoint(checkpoint_path, identity) if resume else None,
+        checkpointer=checkpointer,
+        should_stop=should_stop,
+    )
     predicted = _predict(trained.model, inputs)
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
     linear_bias = float(trained.model.bias.detach().cpu().item())
@@ -151,7 +181,7 @@ def run_training(
         lr=lr,
         seconds=time.perf_counter() - start,
         warnings=warnings,
-        data_sha256=fingerprint(data),
+        data_sha256=data_sha256,
     )
 
 

@@ -7,12 +7,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
 
 from .config import TrainConfig
-from .errors import DivergedError
+from .errors import DivergedError, TrainingStopped
 from .model import build_model
 
 
@@ -39,6 +40,29 @@ class Trained:
     lr: float
 
 
+@dataclass(frozen=True)
+class LoopState:
+    """Everything needed to continue training, bit for bit, after ``epoch`` epochs."""
+
+    epoch: int  # epochs completed
+    weight: torch.Tensor  # nn.Linear parameters, on the CPU, in the training dtype
+    bias: torch.Tensor
+    momentum: tuple[torch.Tensor | None, torch.Tensor | None]  # SGD buffers (weight, bias)
+    shuffle_state: torch.Tensor  # the mini-batch order generator, before the next epoch
+    history: tuple[float, ...]
+    val_history: tuple[float, ...] | None
+    previous_loss: float  # early-stopping state
+    stalled: int
+
+
+class Checkpointer:
+    """Where the loop sends its state: every ``every`` epochs, and when it is stopped."""
+
+    def __init__(self, save: Callable[[LoopState], None], every: int) -> None:
+        self.save = save
+        self.every = every
+
+
 def train(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -47,9 +71,17 @@ def train(
     lr: float,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
+    resume: LoopState | None = None,
+    checkpointer: Checkpointer | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to (X, y); X and y already live on the training device and dtype.
-    ``val`` is a hold-out (X, y) whose loss is recorded after every epoch."""
+
+    ``val`` is a hold-out (X, y) whose loss is recorded after every epoch. ``resume``
+    continues from a saved state. ``should_stop`` is asked after every step; when it says
+    yes the loop saves the state of the last whole epoch (if checkpointing) and raises
+    TrainingStopped.
+    """
     n, d = X.shape
     model = build_model(d, device=X.device, dtype=X.dtype)
     optimizer = torch.optim.SGD(
@@ -66,8 +98,15 @@ def train(
     stopper = EarlyStopping(tol=config.tol, patience=config.patience)
     history: list[float] = []
     val_history: list[float] | None = None if val is None else []
+    first_epoch = 1
+    if resume is not None:
+        _restore(resume, model, optimizer, shuffle, stopper)
+        history = list(resume.history)
+        val_history = list(resume.val_history) if resume.val_history is not None else None
+        first_epoch = resume.epoch + 1
+    state = _snapshot(first_epoch - 1, model, optimizer, shuffle, stopper, history, val_history)
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         if batch == n:
             loss = loss_fn(model(X), y)
             optimizer.zero_grad(set_to_none=True)
@@ -84,6 +123,8 @@ def train(
                 loss.backward()
                 optimizer.step()
                 total += loss.detach() * rows.numel()
+                if should_stop is not None and first + batch < n and should_stop():
+                    _stop(state, checkpointer)  # mid-epoch: back to the epoch's start
             epoch_loss = total.item() / n
         if not math.isfinite(epoch_loss):
             raise DivergedError(
@@ -99,8 +140,15 @@ def train(
         if progress is not None:
             elapsed = time.perf_counter() - start
             progress(Progress(epoch, config.epochs, epoch_loss, elapsed, val_loss))
-        if stopper.update(epoch_loss):
+        done = stopper.update(epoch_loss)
+        if checkpointer is not None or should_stop is not None:
+            state = _snapshot(epoch, model, optimizer, shuffle, stopper, history, val_history)
+            if checkpointer is not None and epoch % checkpointer.every == 0:
+                checkpointer.save(state)
+        if done:
             break
+        if should_stop is not None and should_stop():
+            _stop(state, checkpointer)
     return Trained(
         model=model,
         history=history,
@@ -108,6 +156,56 @@ def train(
         converged=stopper.converged,
         lr=lr,
     )
+
+
+def _stop(state: LoopState, checkpointer: Checkpointer | None) -> NoReturn:
+    if checkpointer is not None:
+        checkpointer.save(state)
+    raise TrainingStopped(state.epoch, saved=checkpointer is not None)
+
+
+def _snapshot(
+    epoch: int,
+    model: torch.nn.Linear,
+    optimizer: torch.optim.SGD,
+    shuffle: torch.Generator,
+    stopper: EarlyStopping,
+    history: list[float],
+    val_history: list[float] | None,
+) -> LoopState:
+    def buffer(param: torch.Tensor) -> torch.Tensor | None:
+        value = optimizer.state.get(param, {}).get("momentum_buffer")
+        return None if value is None else value.detach().cpu().clone()
+
+    return LoopState(
+        epoch=epoch,
+        weight=model.weight.detach().cpu().clone(),
+        bias=model.bias.detach().cpu().clone(),
+        momentum=(buffer(model.weight), buffer(model.bias)),
+        shuffle_state=shuffle.get_state(),
+        history=tuple(history),
+        val_history=tuple(val_history) if val_history is not None else None,
+        previous_loss=stopper.previous,
+        stalled=stopper.stalled,
+    )
+
+
+def _restore(
+    state: LoopState,
+    model: torch.nn.Linear,
+    optimizer: torch.optim.SGD,
+    shuffle: torch.Generator,
+    stopper: EarlyStopping,
+) -> None:
+    with torch.no_grad():
+        model.weight.copy_(state.weight)
+        model.bias.copy_(state.bias)
+    for param, value in zip((model.weight, model.bias), state.momentum, strict=True):
+        if value is not None:
+            optimizer.state[param]["momentum_buffer"] = value.to(param.device).clone()
+    shuffle.set_state(state.shuffle_state)
+    stopper.previous = state.previous_loss
+    stopper.stalled = state.stalled
 
 
 class EarlyStopping:

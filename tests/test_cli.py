@@ -302,8 +302,10 @@ def test_demo_history_csv_has_one_row_per_epoch(demo: dict[str, Run]) -> None:
 
 def test_demo_config_toml_is_the_resolved_options(demo: dict[str, Run], tmp_path: Path) -> None:
     run = demo["linreg"].ok()
-    printed = expect_exit(run_linreg("train", "--print-config", cwd=tmp_path), 0)
-    assert run.config == read_toml(printed.stdout)
+    printed = read_toml(expect_exit(run_linreg("train", "--print-config", cwd=tmp_path), 0).stdout)
+    # --print-config shows every resolved option; config.toml keeps the training ones
+    assert run.config == {key: value for key, value in printed.items() if key in run.config}
+    assert printed["json"] is False and printed["confidence"] == 0.95
     assert_subset(
         run.config,
         {
@@ -696,7 +698,9 @@ def test_print_config_prints_toml_and_trains_nothing(runs: dict[str, Any], tmp_p
             "device": "cpu",
         },
     )
-    assert printed == runs["batch"][0].ok().config  # config.toml holds the same options
+    saved = runs["batch"][0].ok().config  # config.toml holds the same training options
+    assert saved == {key: value for key, value in printed.items() if key in saved}
+    assert printed["no_plot"] is True and printed["out"] == str(out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -709,6 +713,8 @@ def test_every_train_option_is_covered_here(tmp_path: Path) -> None:
         "--overwrite", "--plot", "--no-plot", "--json", "--quiet", "--print-config",
         "--log-file", "--summary", "--confidence", "--debug", "--data", "--target",
         "--val-fraction",
+        # tested in test_unattended.py
+        "--config", "--checkpoint-every", "--resume",
     }  # fmt: skip
     result = expect_exit(run_linreg("train", "--help", cwd=tmp_path), 0)
     listed = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", result.stdout)) - {"--help"}

@@ -310,7 +310,7 @@ def test_read_only_folder_raises_output_error(tmp_path: Path) -> None:
 
 def test_default_run_dirs_are_new_and_unique(tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    made = [prepare_run_dir(None, overwrite=False, root=root) for _ in range(5)]
+    made = [prepare_run_dir(None, overwrite=False, root=root).path for _ in range(5)]
     assert len(set(made)) == 5
     for run_dir in made:
         assert run_dir.parent == root and run_dir.is_dir()
@@ -320,14 +320,14 @@ def test_default_run_dirs_are_new_and_unique(tmp_path: Path) -> None:
 
 def test_new_out_dir_is_created_with_parents(tmp_path: Path) -> None:
     out = tmp_path / "a" / "b" / "run"
-    assert prepare_run_dir(out, overwrite=False) == out
+    assert prepare_run_dir(out, overwrite=False).path == out
     assert out.is_dir()
 
 
 def test_existing_empty_dir_is_accepted(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    assert prepare_run_dir(out, overwrite=False) == out
+    assert prepare_run_dir(out, overwrite=False).path == out
 
 
 def test_non_empty_dir_is_refused_without_overwrite(tmp_path: Path) -> None:
@@ -345,7 +345,7 @@ def test_overwrite_removes_the_stale_metrics(tmp_path: Path) -> None:
     out.mkdir()
     (out / METRICS_FILE).write_text('{"old": true}')
     (out / "plot.png").write_bytes(b"png")
-    assert prepare_run_dir(out, overwrite=True) == out
+    assert prepare_run_dir(out, overwrite=True).path == out
     assert not (out / METRICS_FILE).exists()
     assert (out / "plot.png").exists()
 
@@ -354,7 +354,7 @@ def test_overwrite_without_metrics_is_fine(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("x")
-    assert prepare_run_dir(out, overwrite=True) == out
+    assert prepare_run_dir(out, overwrite=True).path == out
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -364,3 +364,25 @@ def test_a_file_in_place_of_the_dir_is_refused(tmp_path: Path, overwrite: bool) 
     with pytest.raises(OutputExistsError, match="not a directory"):
         prepare_run_dir(out, overwrite=overwrite)
     assert out.read_text() == "I am a file"
+
+
+def test_a_locked_run_dir_is_refused_until_released(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = prepare_run_dir(out, overwrite=False)
+    assert first.created
+    with pytest.raises(OutputExistsError, match="in use by another linreg run"):
+        prepare_run_dir(out, overwrite=True)
+    first.release()
+    second = prepare_run_dir(out, overwrite=True)
+    assert second.path == out and not second.created
+    second.release()
+
+
+def test_resume_accepts_a_non_empty_dir_and_drops_stale_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / METRICS_FILE).write_text("{}")
+    (out / "config.toml").write_text("epochs = 3\n")
+    run = prepare_run_dir(out, overwrite=False, resume=True)
+    assert not (out / METRICS_FILE).exists() and (out / "config.toml").exists()
+    run.release()
