@@ -38,7 +38,9 @@ class FigureData:
 def regression_figure(data: FigureData) -> Figure:
     """Three panels: the data with the fitted and least-squares lines (one feature) or
     predicted against actual (several), the loss per epoch on a log scale, the residuals."""
-    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    fig = Figure(figsize=(15, 4.5))
+    # fixed margins: a layout engine (constrained, tight) would cost a third of the drawing
+    fig.subplots_adjust(left=0.05, right=0.985, bottom=0.12, top=0.92, wspace=0.22)
     fit_ax, loss_ax, resid_ax = fig.subplots(1, 3)
     shown = _subsample(len(data.y))
     y, predicted = data.y[shown], data.predicted[shown]

@@ -55,8 +55,9 @@ class Table:
         return (*(f"x{j + 1}" for j in range(self.columns - 1)), "y")
 
 
-def read_table(path: Path) -> Table:
-    """Read ``path`` by its suffix; DataError (naming the file) for anything unusable."""
+def read_table(path: Path, *, min_rows: int = 2) -> Table:
+    """Read ``path`` by its suffix; DataError (naming the file) for anything unusable.
+    Fitting needs ``min_rows`` = 2 rows at least; predicting needs one."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -80,8 +81,8 @@ def read_table(path: Path) -> Table:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if table.rows < 2:
-        raise DataError(f"{path}: has {table.rows} data row(s); at least 2 are needed")
+    if table.rows < min_rows:
+        raise DataError(f"{path}: has {table.rows} data row(s); at least {min_rows} are needed")
     return table
 
 
@@ -309,6 +310,11 @@ def target_index(table: Table, target: str | None) -> int:
     try:
         index = int(target)
     except ValueError:
+        if table.names is None:
+            raise DataError(
+                f"--target {target!r}: {table.path} has no header row, so columns are chosen "
+                f"by 0-based index, 0 to {table.columns - 1}"
+            ) from None
         raise DataError(
             f"--target {target!r} is not a column of {table.path}; columns: {', '.join(names)}"
         ) from None

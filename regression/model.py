@@ -57,4 +57,7 @@ def to_training_tensor(
 def target_tensor(y: np.ndarray, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The target as an (N, 1) column, matching ``nn.Linear``'s output shape."""
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    return torch.from_numpy(np.ascontiguousarray(y, dtype=np_dtype)).reshape(-1, 1).to(device)
+    column = np.ascontiguousarray(y, dtype=np_dtype)
+    if not column.flags.writeable:  # a memory-mapped file: torch wants memory it may write
+        column = column.copy()
+    return torch.from_numpy(column).reshape(-1, 1).to(device)

@@ -30,7 +30,7 @@ def predict_file(model_path: Path, data_path: Path, target: str | None = None) -
     target (the last column unless ``target`` says otherwise).
     """
     model = load_model(model_path)
-    table = read_table(data_path)
+    table = read_table(data_path, min_rows=1)
     X, y, ignored = _match(model, table, target)
     predictions = model.predict(X)
     return Prediction(
