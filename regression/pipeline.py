@@ -146,7 +146,7 @@ def run_training(
     weight, bias = scaling.to_data_units(linear_weight, linear_bias)
     # The metrics are those of the reported parameters, evaluated in float64: what
     # `linreg predict` gives, and free of the training dtype's rounding (so the optimality
-    # gap is never negative).
+    # gap is not negative beyond float64 rounding).
     fit = fit_metrics(y, linear_predict(X, weight, bias))
     val_fit = None
     if val_data is not None:
