@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from regression import __version__
-from regression.config import TrainConfig, parse_lr
+from regression.config import TrainConfig, parse_lr, parse_momentum
 from regression.errors import (
     ConfigError,
     DataError,
@@ -163,8 +163,14 @@ def train(
         ),
     ] = DEFAULTS.batch_size,
     momentum: Annotated[
-        float, typer.Option(help="SGD momentum, in [0, 1).", rich_help_panel=TRAINING)
-    ] = DEFAULTS.momentum,
+        str,
+        typer.Option(
+            metavar="auto|FLOAT",
+            help="SGD momentum in [0, 1), or 'auto': the optimal heavy-ball value for the data "
+            "(full batch with --lr auto; 0 otherwise).",
+            rich_help_panel=TRAINING,
+        ),
+    ] = "auto",
     weight_decay: Annotated[
         float,
         typer.Option(
@@ -442,7 +448,7 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
         epochs=values["epochs"],
         lr=parse_lr(values["lr"]),
         batch_size=values["batch_size"],
-        momentum=values["momentum"],
+        momentum=parse_momentum(values["momentum"]),
         weight_decay=values["weight_decay"],
         standardize=values["standardize"],
         tol=values["tol"],

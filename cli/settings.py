@@ -26,7 +26,7 @@ FALSE = ("0", "false", "no", "off", "")
 class Setting:
     key: str  # the option's long name with underscores: the config key and env suffix
     param: str  # the parameter of the `train` function
-    kind: str  # int, float, bool, str, path, floats or lr
+    kind: str  # int, float, bool, str, path, floats, or auto ('auto' or a number)
 
     @property
     def flag(self) -> str:
@@ -48,9 +48,9 @@ SETTINGS = [
     Setting("noise", "noise", "float"),
     Setting("seed", "seed", "int"),
     Setting("epochs", "epochs", "int"),
-    Setting("lr", "lr", "lr"),
+    Setting("lr", "lr", "auto"),
     Setting("batch_size", "batch_size", "int"),
-    Setting("momentum", "momentum", "float"),
+    Setting("momentum", "momentum", "auto"),
     Setting("weight_decay", "weight_decay", "float"),
     Setting("standardize", "standardize", "bool"),
     Setting("tol", "tol", "float"),
@@ -163,7 +163,7 @@ def _convert(setting: Setting, value: Any, *, strings: bool) -> Any:
         if not items or any(isinstance(v, bool) or not isinstance(v, int | float) for v in items):
             raise ValueError(f"must be a number or a list of numbers, got {value!r}")
         return [float(v) for v in items]
-    if kind == "lr":
+    if kind == "auto":
         if isinstance(value, str):
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -181,6 +181,10 @@ def _parse(kind: type, text: str, what: str) -> Any:
         raise ValueError(f"must be {what}, got {text!r}") from None
 
 
+def setting_kind(key: str) -> str:
+    return BY_KEY[key].kind
+
+
 def to_config_toml(values: dict[str, Any], keys: list[str]) -> str:
     """The settings ``keys`` of ``values`` as a TOML document ``--config`` reads back."""
     document: dict[str, Any] = {}
@@ -188,7 +192,7 @@ def to_config_toml(values: dict[str, Any], keys: list[str]) -> str:
         value = values[BY_KEY[key].param]
         if isinstance(value, Path):
             value = str(value)
-        if key == "lr" and value != "auto":
+        if setting_kind(key) == "auto" and value != "auto":
             value = float(value)
         document[key] = value
     return to_toml(document)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from regression import artifacts
 from regression.config import TrainConfig, to_toml
 from regression.errors import ConfigError, OutputError, TrainingStopped
 
 from . import output
+from .plot_worker import PlotWorker
 from .signals import STOP, Interrupted
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def run_train(
         _check_plot_path(plot)
     log = _open_log(log_file) if log_file is not None else None
     run = artifacts.prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    plotter = PlotWorker() if draw else None  # forked now, before torch is imported
     config_path = run.path / artifacts.CONFIG_FILE
     try:
         # first, so that an interrupted run can be resumed with the same options
@@ -46,6 +48,7 @@ def run_train(
             run_dir=run.path,
             resume=resume,
             plot=(plot if plot is not None else run.path / artifacts.PLOT_FILE) if draw else None,
+            plotter=plotter,
             json_output=json_output,
             quiet=quiet,
             log=log,
@@ -60,6 +63,8 @@ def run_train(
                 run.path.rmdir()
         raise
     finally:
+        if plotter is not None:
+            plotter.close()
         run.release()
         if log is not None:
             log.close()
@@ -71,6 +76,7 @@ def _train_and_write(
     run_dir: Path,
     resume: bool,
     plot: Path | None,
+    plotter: PlotWorker | None,
     json_output: bool,
     quiet: bool,
     log: output.LogFile | None,
@@ -104,6 +110,8 @@ def _train_and_write(
             )
         raise Interrupted(*STOP.received, detail=detail) from None
     STOP.leave_loop()
+    if plot is not None and plotter is not None:
+        plotter.start(_figure(result), plot)  # drawn by the helper while the rest is written
     metrics = metrics_document(result)
     if not quiet:
         for warning in result.warnings:
@@ -124,9 +132,8 @@ def _train_and_write(
         ),
     )
     artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history, result.val_history)
-    artifacts.write_text(run_dir / artifacts.CONFIG_FILE, to_toml(config.to_dict()))
-    if plot is not None:
-        _write_plot(result, plot)
+    if plot is not None and plotter is not None:
+        plotter.wait()
     artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)  # last: marks a complete run
 
     lines = output.summary_lines(metrics, run_dir, plot)
@@ -142,34 +149,30 @@ def _train_and_write(
     sys.stdout.flush()
 
 
-def _write_plot(result: RunResult, path: Path) -> None:
+def _figure(result: RunResult) -> dict[str, Any]:
+    """The figure's data as plain arrays (what plots.figures.FigureData takes)."""
     import numpy as np
 
-    from plots.figures import FigureData, Line, figure_bytes, figure_format, regression_figure
-
-    data = result.data
+    data, rows = result.data, result.figure_rows
     one = data.features == 1
-    figure = regression_figure(
-        FigureData(
-            y=data.y.astype(float),
-            predicted=result.predicted,
-            train_loss=np.asarray(result.history),
-            x=data.X[:, 0].astype(float) if one else None,
-            fitted=Line(float(result.params.weight[0]), result.params.bias, "fitted (SGD)")
-            if one
-            else None,
-            reference=Line(float(result.ols.weight[0]), result.ols.bias, "least squares")
-            if one
-            else None,
-            x_label=data.feature_names[0] if one else "x",
-            y_label=data.target_name,
-        )
-    )
-    artifacts.write_bytes(path, figure_bytes(figure, figure_format(path)))
+    return {
+        "y": np.asarray(data.y[rows], dtype=np.float64),
+        "predicted": result.predicted,
+        "train_loss": np.asarray(result.history),
+        "x": np.asarray(data.X[rows, 0], dtype=np.float64) if one else None,
+        "fitted": (float(result.params.weight[0]), result.params.bias, "fitted (SGD)")
+        if one
+        else None,
+        "reference": (float(result.ols.weight[0]), result.ols.bias, "least squares")
+        if one
+        else None,
+        "x_label": data.feature_names[0] if one else "x",
+        "y_label": data.target_name,
+    }
 
 
 def _check_plot_path(plot: Path) -> None:
-    from plots.figures import FORMATS
+    from plots import FORMATS
 
     if plot.suffix.lower() not in FORMATS:
         raise ConfigError("plot", f"must end in {', '.join(FORMATS)}", str(plot))

@@ -36,7 +36,7 @@ class TrainConfig:
     epochs: int = 1000  # most passes over the training data, >= 1
     lr: float | None = None  # SGD step size > 0; None = derived from the data ("auto")
     batch_size: int = 0  # rows per mini-batch, >= 0; 0 = the full data set
-    momentum: float = 0.0  # SGD momentum, in [0, 1)
+    momentum: float | None = None  # SGD momentum in [0, 1); None = "auto" (see train.py)
     weight_decay: float = 0.0  # L2 penalty on the weights (not the intercept), >= 0
     standardize: bool = True  # train on standardized features
     tol: float = 1e-6  # stop when the loss improves by less than this (relative), >= 0
@@ -69,7 +69,8 @@ class TrainConfig:
         _check_float(self, "noise", low=0.0)
         _check_float(self, "weight_decay", low=0.0)
         _check_float(self, "tol", low=0.0)
-        _check_float(self, "momentum", low=0.0, high=1.0)
+        if self.momentum is not None:
+            _check_float(self, "momentum", low=0.0, high=1.0)
         _check_float(self, "val_fraction", low=0.0, high=1.0)
         for name in ("data", "target"):
             value = getattr(self, name)
@@ -92,6 +93,7 @@ class TrainConfig:
         values = asdict(self)
         values["weight"] = list(self.weight)
         values["lr"] = "auto" if self.lr is None else self.lr
+        values["momentum"] = "auto" if self.momentum is None else self.momentum
         if self.data is not None:  # the synthetic options play no part in this run
             for name in SYNTHETIC_FIELDS:
                 del values[name]
@@ -135,6 +137,16 @@ def parse_lr(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise ConfigError("lr", "must be 'auto' or a number > 0", text) from None
+
+
+def parse_momentum(text: str) -> float | None:
+    """``auto`` -> None, otherwise a float (range checked by TrainConfig)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError("momentum", "must be 'auto' or a number in [0, 1)", text) from None
 
 
 def field_names() -> list[str]:

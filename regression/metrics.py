@@ -43,6 +43,7 @@ class LeastSquares:
     weight: np.ndarray
     bias: float
     rss: float  # residual sum of squares
+    tss: float  # total sum of squares of y about its mean
     samples: int
     x_mean: np.ndarray
     y_mean: float
@@ -72,10 +73,12 @@ def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None
         x_mean = column_stats(X).mean  # exact for a constant column
     y_mean = float(np.mean(np.asarray(y, dtype=np.float64)))
     factor = np.zeros((0, d + 1))
+    tss = 0.0
     for start in range(0, n, CHUNK_ROWS):
         block = np.empty((min(CHUNK_ROWS, n - start), d + 1))
         block[:, :d] = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - x_mean
         block[:, d] = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64) - y_mean
+        tss += float(block[:, d] @ block[:, d])
         factor = np.asarray(np.linalg.qr(np.vstack([factor, block]), mode="r"))
     factor = np.vstack([factor, np.zeros((d + 1 - factor.shape[0], d + 1))])  # n <= d
     r, z = factor[:d, :d], factor[:d, d]
@@ -92,8 +95,37 @@ def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None
         rss = rss_tail + float(np.sum((r @ weight - z) ** 2))
     bias = y_mean - float(x_mean @ weight)
     return LeastSquares(
-        weight=weight, bias=bias, rss=rss, samples=n, x_mean=x_mean, y_mean=y_mean, r=r, rank=rank
+        weight=weight,
+        bias=bias,
+        rss=rss,
+        tss=tss,
+        samples=n,
+        x_mean=x_mean,
+        y_mean=y_mean,
+        r=r,
+        rank=rank,
     )
+
+
+def linear_fit(X: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: float) -> Fit:
+    """The metrics of y ~ X @ weight + bias in float64, a chunk at a time (no N-sized
+    temporaries, so memory-mapped data stays on disk)."""
+    n = X.shape[0]
+    shift = float(np.asarray(y[:1], dtype=np.float64)[0]) if n else 0.0
+    sq = ab = ys = ys2 = 0.0
+    for start in range(0, n, CHUNK_ROWS):
+        y_chunk = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64)
+        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
+        residual = y_chunk - (chunk @ weight + bias)
+        sq += float(residual @ residual)
+        ab += float(np.abs(residual).sum())
+        centered = y_chunk - shift
+        ys += float(centered.sum())
+        ys2 += float(centered @ centered)
+    mse = sq / n
+    ss_tot = ys2 - ys * ys / n
+    r2 = 1.0 - sq / ss_tot if ss_tot > 0 else None  # shifted sums: exactly 0 if y is constant
+    return Fit(mse=mse, rmse=float(np.sqrt(mse)), mae=ab / n, r2=r2)
 
 
 def linear_predict(X: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:

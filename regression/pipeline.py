@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .artifacts import CHECKPOINT_FILE
+from .batches import Source, StreamSource, TensorSource, max_row_norm2
 from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_toml
 from .data import Dataset, column_stats, fingerprint, split, synthetic
@@ -20,14 +21,13 @@ from .errors import ConfigError
 from .metrics import (
     Fit,
     LeastSquares,
-    fit_metrics,
     least_squares,
-    linear_predict,
+    linear_fit,
     optimality_gap,
 )
 from .model import Scaling, target_tensor, to_training_tensor
 from .statistics import Statistics, ols_statistics
-from .train import Checkpointer, ProgressCallback, auto_lr, train
+from .train import Checkpointer, Curvature, ProgressCallback, train
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,24 @@ class RunResult:
     params: Params
     true_params: Params | None
     ols: LeastSquares
-    predicted: np.ndarray  # the trained model's predictions on the training rows (for figures)
+    figure_rows: np.ndarray  # the training rows the figure shows (all, or a seeded sample)
+    predicted: np.ndarray  # the trained model's predictions on those rows
     train: Fit
     val: Fit | None
     optimality_gap: float | None
-    statistics: Statistics
+    confidence: float  # level of the statistics' intervals
     history: list[float]
     val_history: list[float] | None
     converged: bool
     lr: float
+    momentum: float
     seconds: float
     warnings: list[str]
     data_sha256: str  # of the training rows (see data.fingerprint)
+
+    def statistics(self) -> Statistics:
+        """The least-squares inference (imports SciPy, so only computed when asked for)."""
+        return ols_statistics(self.ols, self.data.feature_names, self.ols.tss, self.confidence)
 
     @property
     def samples(self) -> int:
@@ -108,12 +114,9 @@ def run_training(
         if config.standardize
         else Scaling.identity(data.features)
     )
-    inputs = to_training_tensor(X, scaling, device=device, dtype=dtype)
-    target = target_tensor(y, device=device, dtype=dtype)
     _check_representable(config, dtype)
-    lr = config.lr
-    if lr is None:
-        lr = _auto_lr(config, inputs, ols, scaling)
+    source = _source(X, y, scaling, config=config, device=device, dtype=dtype)
+    lr, momentum = _auto_step(config, source, ols, scaling)
     val = None
     if val_data is not None:
         val = (
@@ -130,29 +133,29 @@ def run_training(
             config.checkpoint_every,
         )
     trained = train(
-        inputs,
-        target,
+        source,
         config=config,
         lr=lr,
+        momentum=momentum,
         val=val,
         progress=progress,
         resume=load_checkpoint(checkpoint_path, identity) if resume else None,
         checkpointer=checkpointer,
         should_stop=should_stop,
     )
-    predicted = _predict(trained.model, inputs)
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
     linear_bias = float(trained.model.bias.detach().cpu().item())
     weight, bias = scaling.to_data_units(linear_weight, linear_bias)
     # The metrics are those of the reported parameters, evaluated in float64: what
     # `linreg predict` gives, and free of the training dtype's rounding (so the optimality
     # gap is not negative beyond float64 rounding).
-    fit = fit_metrics(y, linear_predict(X, weight, bias))
+    fit = linear_fit(X, y, weight, bias)
     val_fit = None
     if val_data is not None:
-        val_fit = fit_metrics(val_data.y, linear_predict(val_data.X, weight, bias))
-    y64 = np.asarray(y, dtype=np.float64)
-    tss = float(np.sum((y64 - ols.y_mean) ** 2))
+        val_fit = linear_fit(val_data.X, val_data.y, weight, bias)
+    figure_rows = _figure_rows(data.samples)
+    figure_inputs = to_training_tensor(X[figure_rows], scaling, device=device, dtype=dtype)
+    y_mean_square = ols.tss / ols.samples + ols.y_mean**2
     return RunResult(
         config=config,
         data=data,
@@ -166,23 +169,61 @@ def run_training(
             Params(np.asarray(config.weights), config.bias) if data.source == "synthetic" else None
         ),
         ols=ols,
-        predicted=predicted,
+        figure_rows=figure_rows,
+        predicted=_predict(trained.model, figure_inputs),
         train=fit,
         val=val_fit,
         # the optimum's mse by the same float64 arithmetic as the learned one, so that the
         # gap compares like with like (and is not negative by rounding)
         optimality_gap=optimality_gap(
-            fit.mse, fit_metrics(y, ols.predict(X)).mse, float(np.mean(y64**2))
+            fit.mse, linear_fit(X, y, ols.weight, ols.bias).mse, y_mean_square
         ),
-        statistics=ols_statistics(ols, data.feature_names, tss, confidence),
+        confidence=confidence,
         history=trained.history,
         val_history=trained.val_history,
         converged=trained.converged,
         lr=lr,
+        momentum=momentum,
         seconds=time.perf_counter() - start,
         warnings=warnings,
         data_sha256=data_sha256,
     )
+
+
+FIGURE_ROWS = 5000  # rows drawn in the figure's scatter plots (a seeded sample beyond that)
+
+
+def _figure_rows(n: int) -> np.ndarray:
+    if n <= FIGURE_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, FIGURE_ROWS, replace=False))
+
+
+def _source(
+    X: np.ndarray,
+    y: np.ndarray,
+    scaling: Scaling,
+    *,
+    config: TrainConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Source:
+    """Mini-batches of a memory-mapped file are streamed from disk (memory stays bounded);
+    everything else is copied once to the device, standardized, in the training dtype."""
+    if config.batch_size > 0 and _memory_mapped(X):
+        return StreamSource(X, y, scaling, device=device, dtype=dtype)
+    return TensorSource(
+        to_training_tensor(X, scaling, device=device, dtype=dtype),
+        target_tensor(y, device=device, dtype=dtype),
+    )
+
+
+def _memory_mapped(array: np.ndarray) -> bool:
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base  # type: ignore[assignment]
+    return False
 
 
 def _check_representable(config: TrainConfig, dtype: torch.dtype) -> None:
@@ -201,25 +242,23 @@ def _predict(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
     return predicted.astype(np.float64)
 
 
-def _auto_lr(
-    config: TrainConfig, inputs: torch.Tensor, ols: LeastSquares, scaling: Scaling
-) -> float:
-    """Feed auto_lr the second moments of the training inputs, derived from the least-squares
-    factor (Xc'Xc = R'R) without another pass over the data."""
+def _auto_step(
+    config: TrainConfig, source: Source, ols: LeastSquares, scaling: Scaling
+) -> tuple[float, float]:
+    """The step size and momentum: as given, or derived from the curvature of the loss.
+
+    The second moments of the training inputs come from the least-squares factor
+    (Xc'Xc = R'R), without another pass over the data.
+    """
     n = ols.samples
     shift = (ols.x_mean - scaling.mean) / scaling.scale  # mean of the training inputs
     centered = (ols.r.T @ ols.r) / n / np.outer(scaling.scale, scaling.scale)
-    max_row_norm2 = 0.0
+    curvature = Curvature.of(centered + np.outer(shift, shift), shift, config.weight_decay)
+    if config.lr is not None:
+        return config.lr, config.momentum or 0.0
     if 0 < config.batch_size < n:
-        max_row_norm2 = max(
-            float((inputs[i : i + 65536].double() ** 2).sum(dim=1).max())
-            for i in range(0, n, 65536)
-        )
-    return auto_lr(
-        second_moment=centered + np.outer(shift, shift),
-        mean=shift,
-        samples=n,
-        batch_size=config.batch_size,
-        max_row_norm2=max_row_norm2,
-        weight_decay=config.weight_decay,
-    )
+        lr = curvature.minibatch_lr(n, config.batch_size, max_row_norm2(source))
+        return lr, config.momentum or 0.0
+    if config.momentum is None:
+        return curvature.heavy_ball()
+    return curvature.gradient_descent_lr(), config.momentum

@@ -39,8 +39,9 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "seed": config.seed,
         "seconds": result.seconds,
         "lr": result.lr,
+        "momentum": result.momentum,
         "standardize": config.standardize,
-        "statistics": result.statistics.to_dict(),
+        "statistics": result.statistics().to_dict(),
         "warnings": result.warnings,
         "environment": environment(result.device),
     }

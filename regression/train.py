@@ -12,6 +12,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
+from .batches import Source, StreamSource, TensorSource
 from .config import TrainConfig
 from .errors import DivergedError, TrainingStopped
 from .model import build_model
@@ -63,37 +64,51 @@ class Checkpointer:
         self.every = every
 
 
+# Full-batch epochs on the CPU go through the data in slices of about this many bytes,
+# accumulating the gradient: the slice and the temporaries of the forward and backward pass
+# stay in the cache, so the data is read from memory about once per epoch, not several times.
+CPU_SLICE_BYTES = 4 << 20
+
+
 def train(
-    X: torch.Tensor,
-    y: torch.Tensor,
+    X: torch.Tensor | Source,
+    y: torch.Tensor | None = None,
     *,
     config: TrainConfig,
     lr: float,
+    momentum: float | None = None,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: ProgressCallback | None = None,
     resume: LoopState | None = None,
     checkpointer: Checkpointer | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Trained:
-    """Fit ``nn.Linear`` to (X, y); X and y already live on the training device and dtype.
+    """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
+    device, or a Source that yields them (see batches.py).
 
+    Full batch: one SGD step per epoch on the exact gradient of the mean squared error
+    (summed slice by slice). Mini-batches: the rows are cut into contiguous blocks of
+    ``config.batch_size``, visited in a new random order every epoch (seeded).
+    ``momentum`` overrides ``config.momentum`` (which may be None for "auto").
     ``val`` is a hold-out (X, y) whose loss is recorded after every epoch. ``resume``
     continues from a saved state. ``should_stop`` is asked after every step; when it says
     yes the loop saves the state of the last whole epoch (if checkpointing) and raises
     TrainingStopped.
     """
-    n, d = X.shape
-    model = build_model(d, device=X.device, dtype=X.dtype)
+    source = X if isinstance(X, TensorSource | StreamSource) else TensorSource(X, _given(y))
+    n, d = source.n, source.d
+    model = build_model(d, device=source.device, dtype=source.dtype)
     optimizer = torch.optim.SGD(
         [
             {"params": [model.weight], "weight_decay": config.weight_decay},
             {"params": [model.bias], "weight_decay": 0.0},
         ],
         lr=lr,
-        momentum=config.momentum,
+        momentum=momentum if momentum is not None else (config.momentum or 0.0),
     )
-    loss_fn = torch.nn.MSELoss()
-    batch = n if config.batch_size == 0 else min(config.batch_size, n)
+    loss_fn = torch.nn.MSELoss(reduction="sum")  # divided by N: the mean over the epoch
+    full_batch = config.batch_size == 0 or config.batch_size >= n
+    blocks = _blocks(source, n if full_batch else config.batch_size)
     shuffle = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(tol=config.tol, patience=config.patience)
     history: list[float] = []
@@ -107,25 +122,27 @@ def train(
     state = _snapshot(first_epoch - 1, model, optimizer, shuffle, stopper, history, val_history)
     start = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
-        if batch == n:
-            loss = loss_fn(model(X), y)
+        total = torch.zeros((), dtype=torch.float64, device=source.device)
+        if full_batch:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for first, last in blocks:  # slices of one batch: the gradients add up
+                X_rows, y_rows = source.rows(first, last)
+                loss = loss_fn(model(X_rows), y_rows) / n
+                loss.backward()
+                total += loss.detach()
             optimizer.step()
-            epoch_loss = loss.item()
         else:
-            order = torch.randperm(n, generator=shuffle).to(X.device)
-            total = torch.zeros((), dtype=torch.float64, device=X.device)
-            for first in range(0, n, batch):
-                rows = order[first : first + batch]
-                loss = loss_fn(model(X[rows]), y[rows])
+            for k, index in enumerate(torch.randperm(len(blocks), generator=shuffle).tolist()):
+                first, last = blocks[index]
+                X_rows, y_rows = source.rows(first, last)
+                loss = loss_fn(model(X_rows), y_rows) / (last - first)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.detach() * rows.numel()
-                if should_stop is not None and first + batch < n and should_stop():
+                total += loss.detach() * ((last - first) / n)
+                if should_stop is not None and k + 1 < len(blocks) and should_stop():
                     _stop(state, checkpointer)  # mid-epoch: back to the epoch's start
-            epoch_loss = total.item() / n
+        epoch_loss = total.item()
         if not math.isfinite(epoch_loss):
             raise DivergedError(
                 f"the training loss became {epoch_loss} at epoch {epoch} with --lr {lr:g}; "
@@ -135,7 +152,7 @@ def train(
         val_loss = None
         if val is not None and val_history is not None:
             with torch.no_grad():
-                val_loss = loss_fn(model(val[0]), val[1]).item()
+                val_loss = (loss_fn(model(val[0]), val[1]) / val[0].shape[0]).item()
             val_history.append(val_loss)
         if progress is not None:
             elapsed = time.perf_counter() - start
@@ -156,6 +173,25 @@ def train(
         converged=stopper.converged,
         lr=lr,
     )
+
+
+def _given(y: torch.Tensor | None) -> torch.Tensor:
+    if y is None:
+        raise TypeError("train(X, y): y is required when X is a tensor")
+    return y
+
+
+def _blocks(source: Source, size: int) -> list[tuple[int, int]]:
+    """Row ranges of ``size`` rows (the last may be shorter). A full batch that lives in CPU
+    memory is cut into cache-sized slices; on a GPU it stays one block."""
+    n = source.n
+    if size == n:
+        if isinstance(source, TensorSource) and source.device.type == "cpu":
+            bytes_per_row = (source.d + 1) * source.X.element_size()
+            size = max(1, CPU_SLICE_BYTES // bytes_per_row)
+        elif isinstance(source, StreamSource):
+            size = 1 << 16
+    return [(first, min(first + size, n)) for first in range(0, n, size)]
 
 
 def _stop(state: LoopState, checkpointer: Checkpointer | None) -> NoReturn:
@@ -233,33 +269,54 @@ class EarlyStopping:
         return self.converged
 
 
-def auto_lr(
-    *,
-    second_moment: np.ndarray,
-    mean: np.ndarray,
-    samples: int,
-    batch_size: int,
-    max_row_norm2: float,
-    weight_decay: float,
-) -> float:
-    """The step size 1/L, where L bounds the curvature of the loss seen by one SGD step.
+@dataclass(frozen=True)
+class Curvature:
+    """The extreme eigenvalues of the Hessian of the loss over inputs a = [z, 1] (z the
+    training features): H = 2 E[a a^T], plus the weight decay. They fix the step sizes."""
 
-    For MSE on inputs a = [z, 1] the Hessian is H = 2 E[a a^T]; its largest eigenvalue is the
-    full-batch smoothness L, and with standardized features it is about 2 (one feature: the
-    step 1/L lands on the minimum in one epoch). With mini-batches of B rows the expected
-    smoothness grows towards the single-row bound 2 max|a|^2 (Gower et al., "SGD: general
-    analysis and improved rates", 2019):
-    L_B = (N - B) / (B (N - 1)) * L_max + N (B - 1) / (B (N - 1)) * L.
-    ``weight_decay`` adds its own curvature.
-    """
-    d = mean.shape[0]
-    gram = np.empty((d + 1, d + 1))
-    gram[:d, :d] = second_moment
-    gram[:d, d] = gram[d, :d] = mean
-    gram[d, d] = 1.0
-    smooth = 2.0 * float(np.linalg.eigvalsh(gram)[-1])
-    n, b = samples, (samples if batch_size == 0 else min(batch_size, samples))
-    if b < n:
+    largest: float  # L: the full-batch smoothness
+    smallest: float  # mu: the smallest curvature the data has (0-curvature directions left out)
+
+    @classmethod
+    def of(cls, second_moment: np.ndarray, mean: np.ndarray, weight_decay: float) -> Curvature:
+        d = mean.shape[0]
+        gram = np.empty((d + 1, d + 1))
+        gram[:d, :d] = second_moment
+        gram[:d, d] = gram[d, :d] = mean
+        gram[d, d] = 1.0
+        eigenvalues = 2.0 * np.linalg.eigvalsh(gram)
+        largest = float(eigenvalues[-1])
+        # a constant or duplicated column adds a direction the loss does not change along:
+        # the gradient never points there, so it does not limit the convergence
+        seen = eigenvalues[eigenvalues > 1e-10 * largest]
+        return cls(largest=largest + weight_decay, smallest=float(seen[0]) + weight_decay)
+
+    @property
+    def condition(self) -> float:
+        return self.largest / self.smallest
+
+    def gradient_descent_lr(self) -> float:
+        """1/L: the classic safe step; with one standardized feature it is exact Newton."""
+        return 1.0 / self.largest
+
+    def heavy_ball(self) -> tuple[float, float]:
+        """Polyak's optimal heavy-ball step and momentum (torch SGD's momentum is that
+        method): lr = 4 / (sqrt(L) + sqrt(mu))^2, momentum = ((sqrt(L) - sqrt(mu)) /
+        (sqrt(L) + sqrt(mu)))^2. The error shrinks by (sqrt(k) - 1) / (sqrt(k) + 1) an
+        epoch (k = L / mu) instead of gradient descent's (k - 1) / (k + 1); for k = 1 this is
+        1/L with no momentum. The stability margin is about 1/k of L, so for badly
+        conditioned data L is taken 0.1 % larger."""
+        largest = self.largest * (1.001 if self.condition > 100 else 1.0)
+        root_l, root_mu = np.sqrt(largest), np.sqrt(self.smallest)
+        lr = 4.0 / (root_l + root_mu) ** 2
+        momentum = ((root_l - root_mu) / (root_l + root_mu)) ** 2
+        return float(lr), float(momentum)
+
+    def minibatch_lr(self, samples: int, batch_size: int, max_row_norm2: float) -> float:
+        """With mini-batches of B rows the expected smoothness grows towards the single-row
+        bound L_max = 2 (max |z|^2 + 1) (Gower et al., "SGD: general analysis and improved
+        rates", 2019): L_B = (N - B) / (B (N - 1)) L_max + N (B - 1) / (B (N - 1)) L."""
+        n, b = samples, min(batch_size, samples)
         smooth_max = 2.0 * (max_row_norm2 + 1.0)
-        smooth = (n - b) / (b * (n - 1)) * smooth_max + n * (b - 1) / (b * (n - 1)) * smooth
-    return 1.0 / (smooth + weight_decay)
+        smooth = (n - b) / (b * (n - 1)) * smooth_max + n * (b - 1) / (b * (n - 1)) * self.largest
+        return 1.0 / smooth

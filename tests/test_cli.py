@@ -546,7 +546,9 @@ def test_momentum_changes_and_speeds_up_training(runs: dict[str, Any]) -> None:
     assert heavy.history[0] == plain.history[0]  # same data, same zero start
     assert heavy.history[1:] != plain.history[1:]
     assert heavy.metrics["optimality_gap"] < plain.metrics["optimality_gap"] / 10
-    assert heavy.config["momentum"] == 0.9 and plain.config["momentum"] == 0.0
+    assert heavy.config["momentum"] == 0.9 and plain.config["momentum"] == "auto"
+    # with an explicit --lr, automatic momentum is none
+    assert heavy.metrics["momentum"] == 0.9 and plain.metrics["momentum"] == 0.0
 
 
 def test_batch_size_takes_several_steps_per_epoch(runs: dict[str, Any]) -> None:

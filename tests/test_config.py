@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from regression.config import TrainConfig, field_names, parse_lr, to_toml
+from regression.config import TrainConfig, field_names, parse_lr, parse_momentum, to_toml
 from regression.errors import ConfigError, RegressionError
 
 if sys.version_info >= (3, 11):
@@ -157,6 +157,8 @@ def test_to_dict_of_a_file_run_leaves_out_the_synthetic_options() -> None:
 def _from_dict(values: dict[str, Any]) -> TrainConfig:
     values = dict(values)
     values["lr"] = parse_lr(values["lr"]) if isinstance(values["lr"], str) else values["lr"]
+    if isinstance(values["momentum"], str):
+        values["momentum"] = parse_momentum(values["momentum"])
     values["weight"] = tuple(values["weight"])
     return TrainConfig(**values)
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from regression.config import TrainConfig
-from regression.data import column_stats, synthetic
+from regression.data import Dataset, column_stats, synthetic
 from regression.device import resolve_device
 from regression.errors import DeviceUnavailableError, DivergedError
 from regression.model import Scaling, target_tensor, to_training_tensor
 from regression.pipeline import RunResult, run_training
-from regression.train import EarlyStopping, Progress, auto_lr, train
+from regression.train import Curvature, EarlyStopping, Progress, train
 
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -135,7 +135,8 @@ def test_standardized_training_units_differ_but_params_are_in_data_units() -> No
     np.testing.assert_allclose(result.linear_weight, result.params.weight * stats.std, rtol=1e-12)
     weight, bias, _ = lstsq(X, result.data.y)
     np.testing.assert_allclose(result.params.weight, weight, rtol=1e-9)
-    np.testing.assert_allclose(result.predicted, X @ weight + bias, rtol=1e-9)
+    rows = result.figure_rows
+    np.testing.assert_allclose(result.predicted, X[rows] @ weight + bias, rtol=1e-9)
 
 
 # -- SGD variants ---------------------------------------------------------------------------
@@ -325,44 +326,58 @@ def test_improvement_resets_the_patience_count() -> None:
 
 
 def test_auto_lr_is_one_half_for_one_standardized_feature_full_batch() -> None:
-    lr = auto_lr(
-        second_moment=np.array([[1.0]]),
-        mean=np.array([0.0]),
-        samples=100,
-        batch_size=0,
-        max_row_norm2=0.0,
-        weight_decay=0.0,
-    )
-    assert lr == pytest.approx(0.5, rel=1e-15, abs=0)
-    assert run_training(cpu()).lr == pytest.approx(0.5, rel=1e-12, abs=0)
+    curvature = Curvature.of(np.array([[1.0]]), np.array([0.0]), 0.0)
+    assert curvature.gradient_descent_lr() == pytest.approx(0.5, rel=1e-15, abs=0)
+    # perfectly conditioned: the heavy-ball step is the same, with no momentum
+    lr, momentum = curvature.heavy_ball()
+    assert lr == pytest.approx(0.5, rel=1e-15, abs=0) and momentum == pytest.approx(0, abs=1e-15)
+    result = run_training(cpu())
+    assert result.lr == pytest.approx(0.5, rel=1e-12, abs=0)
+    assert result.momentum == pytest.approx(0.0, abs=1e-12)
 
 
 def test_auto_lr_matches_the_largest_hessian_eigenvalue() -> None:
     rng = np.random.default_rng(0)
     A = np.column_stack([rng.normal(1.0, 2.0, size=(500, 3)), np.ones(500)])
-    hessian = 2 * A.T @ A / 500
+    eigenvalues = np.linalg.eigvalsh(2 * A.T @ A / 500)
     Z = A[:, :3]
-    lr = auto_lr(
-        second_moment=Z.T @ Z / 500,
-        mean=Z.mean(axis=0),
-        samples=500,
-        batch_size=0,
-        max_row_norm2=0.0,
-        weight_decay=0.3,
-    )
-    assert lr == pytest.approx(1 / (np.linalg.eigvalsh(hessian)[-1] + 0.3), rel=1e-12, abs=0)
+    curvature = Curvature.of(Z.T @ Z / 500, Z.mean(axis=0), 0.3)
+    assert curvature.largest == pytest.approx(eigenvalues[-1] + 0.3, rel=1e-12, abs=0)
+    assert curvature.smallest == pytest.approx(eigenvalues[0] + 0.3, rel=1e-9, abs=0)
+    assert curvature.gradient_descent_lr() == pytest.approx(1 / curvature.largest, rel=1e-15)
+
+
+def test_heavy_ball_is_polyaks_optimum() -> None:
+    curvature = Curvature(largest=50.0, smallest=2.0)  # condition 25
+    lr, momentum = curvature.heavy_ball()
+    assert lr == pytest.approx(4 / (np.sqrt(50) + np.sqrt(2)) ** 2, rel=1e-15)
+    assert momentum == pytest.approx(((np.sqrt(25) - 1) / (np.sqrt(25) + 1)) ** 2, rel=1e-12)
+
+
+def test_a_zero_curvature_direction_does_not_set_the_momentum() -> None:
+    # a constant column (centered: all zeros) has zero variance: no curvature along it
+    curvature = Curvature.of(np.diag([1.0, 0.0]), np.zeros(2), 0.0)
+    assert curvature.smallest == pytest.approx(2.0) and curvature.condition == pytest.approx(1.0)
 
 
 def test_auto_lr_for_single_rows_is_the_per_row_bound() -> None:
-    lr = auto_lr(
-        second_moment=np.array([[1.0]]),
-        mean=np.array([0.0]),
-        samples=100,
-        batch_size=1,
-        max_row_norm2=9.0,
-        weight_decay=0.0,
-    )
+    curvature = Curvature.of(np.array([[1.0]]), np.array([0.0]), 0.0)
+    lr = curvature.minibatch_lr(100, 1, 9.0)
     assert lr == pytest.approx(1 / (2 * (9.0 + 1.0)), rel=1e-15, abs=0)
+
+
+def test_auto_momentum_reaches_the_optimum_on_ill_conditioned_data() -> None:
+    # strongly correlated features: plain gradient descent crawls, heavy ball does not
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(2000, 1))
+    X = np.hstack([base, base + 0.01 * rng.normal(size=(2000, 1))])
+    y = X @ np.array([1.0, -1.0]) + 0.1 * rng.normal(size=2000)
+    data = Dataset(X=X, y=y, feature_names=("a", "b"), target_name="y", source="memory")
+    auto = run_training(cpu(dtype="float64", epochs=3000, tol=0.0), data=data)
+    plain = run_training(cpu(dtype="float64", epochs=3000, tol=0.0, momentum=0.0), data=data)
+    assert auto.momentum > 0.5
+    assert auto.optimality_gap is not None and auto.optimality_gap < 1e-9
+    assert plain.optimality_gap is not None and plain.optimality_gap > 1e-3
 
 
 # -- Scaling -------------------------------------------------------------------------------

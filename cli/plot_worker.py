@@ -1,0 +1,101 @@
+"""The figure is drawn by a helper process forked at the start of ``linreg train``.
+
+Importing Matplotlib and drawing the first figure take about as long as the training of a
+small data set; a child process does them on another core while the parent imports torch
+and trains, then draws the real figure from the arrays the parent sends. Where ``fork`` is
+not available the figure is drawn in the process itself.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from regression.errors import OutputError
+
+
+class PlotWorker:
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+        self.process: Any = None
+        self.path: Path | None = None
+        if sys.platform != "linux":  # fork is only safe and cheap enough here
+            return
+        try:
+            context = multiprocessing.get_context("fork")
+            self.connection, child = context.Pipe()
+            self.process = context.Process(target=_serve, args=(child,), daemon=True)
+            self.process.start()
+            child.close()
+        except OSError:  # no process to spare: draw in this process instead
+            self.connection = self.process = None
+
+    def start(self, figure: dict[str, Any], path: Path) -> None:
+        """Draw ``figure`` (the keyword arguments of plots.figures.FigureData) to ``path``;
+        ``wait`` says when it is written."""
+        if self.connection is None:
+            _draw(figure, path)
+            return
+        self.path = path
+        try:
+            self.connection.send((figure, str(path)))
+        except OSError as exc:
+            raise OutputError(f"cannot draw {path}: the plotting process ended ({exc})") from exc
+
+    def wait(self) -> None:
+        if self.connection is None:
+            return
+        try:
+            status, message = self.connection.recv()
+        except (EOFError, OSError) as exc:
+            raise OutputError(
+                f"cannot draw {self.path}: the plotting process ended ({exc})"
+            ) from exc
+        if status != "ok":
+            raise OutputError(message)
+
+    def close(self) -> None:
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.terminate()
+            self.process.join()
+            self.process = None
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+def _serve(connection: Connection) -> None:
+    # the parent handles Ctrl-C and SIGTERM and ends this process itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from plots.figures import warm_up
+
+    warm_up()  # imports Matplotlib and loads fonts while the parent trains
+    try:
+        figure, path = connection.recv()
+    except EOFError:
+        return
+    try:
+        _draw(figure, Path(path))
+        connection.send(("ok", ""))
+    except OutputError as exc:
+        connection.send(("error", str(exc)))
+    except Exception as exc:  # reported by the parent as an output failure
+        connection.send(("error", f"cannot draw {path}: {type(exc).__name__}: {exc}"))
+
+
+def _draw(figure: dict[str, Any], path: Path) -> None:
+    from plots.figures import FigureData, Line, figure_bytes, figure_format, regression_figure
+    from regression import artifacts
+
+    fields = dict(figure)
+    for name in ("fitted", "reference"):
+        if fields.get(name) is not None:
+            fields[name] = Line(*fields[name])
+    drawing = regression_figure(FigureData(**fields))
+    artifacts.write_bytes(path, figure_bytes(drawing, figure_format(path)))
