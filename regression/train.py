@@ -120,10 +120,16 @@ def train(
         val_history = list(resume.val_history) if resume.val_history is not None else None
         first_epoch = resume.epoch + 1
     state = _snapshot(first_epoch - 1, model, optimizer, shuffle, stopper, history, val_history)
+    graphed = None
+    if full_batch and len(blocks) == 1 and source.device.type == "cuda":
+        graphed = _capture_step(model, optimizer, loss_fn, *source.rows(0, n))
     start = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
         total = torch.zeros((), dtype=torch.float64, device=source.device)
-        if full_batch:
+        if graphed is not None:
+            graphed.replay()  # forward, backward and SGD step as one CUDA graph
+            total += graphed.loss
+        elif full_batch:
             optimizer.zero_grad(set_to_none=True)
             for first, last in blocks:  # slices of one batch: the gradients add up
                 X_rows, y_rows = source.rows(first, last)
@@ -175,6 +181,71 @@ def train(
     )
 
 
+class _GraphedStep:
+    def __init__(self, graph: torch.cuda.CUDAGraph, loss: torch.Tensor) -> None:
+        self.graph, self.loss = graph, loss
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def _capture_step(
+    model: torch.nn.Linear,
+    optimizer: torch.optim.SGD,
+    loss_fn: torch.nn.MSELoss,
+    X: torch.Tensor,
+    y: torch.Tensor,
+) -> _GraphedStep | None:
+    """One full-batch epoch (zero_grad, forward, MSE, backward, SGD step) captured as a CUDA
+    graph: replaying it launches the dozen small kernels at once, which is most of an
+    epoch's time at small sizes (PyTorch's "whole network capture" recipe).
+
+    Capturing needs a few warm-up steps on a side stream (they create the gradient and
+    momentum buffers); the parameters are put back and the momentum buffers zeroed after
+    them, so the run takes exactly the steps the eager loop would. None if capture fails
+    (the eager loop is used then).
+    """
+    n = X.shape[0]
+    params = list(model.parameters())
+    saved = [param.detach().clone() for param in params]
+    buffers = [_momentum_buffer(optimizer, param) for param in params]
+    saved_buffers = [None if buffer is None else buffer.clone() for buffer in buffers]
+    try:
+        side = torch.cuda.Stream(device=X.device)  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream(X.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                optimizer.zero_grad(set_to_none=False)
+                (loss_fn(model(X), y) / n).backward()
+                optimizer.step()
+        torch.cuda.current_stream(X.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=False)
+        with torch.cuda.graph(graph):
+            optimizer.zero_grad(set_to_none=False)
+            loss = loss_fn(model(X), y) / n
+            loss.backward()
+            optimizer.step()
+    except RuntimeError:
+        graph = None
+    with torch.no_grad():
+        for param, value, before in zip(params, saved, saved_buffers, strict=True):
+            param.copy_(value)
+            buffer = _momentum_buffer(optimizer, param)
+            if buffer is not None and before is not None:
+                buffer.copy_(before)
+            elif buffer is not None:
+                buffer.zero_()  # the first real step then sets it to the gradient, as eagerly
+    if graph is None:
+        return None
+    return _GraphedStep(graph, loss.detach())
+
+
+def _momentum_buffer(optimizer: torch.optim.SGD, param: torch.Tensor) -> torch.Tensor | None:
+    buffer: torch.Tensor | None = optimizer.state.get(param, {}).get("momentum_buffer")
+    return buffer
+
+
 def _given(y: torch.Tensor | None) -> torch.Tensor:
     if y is None:
         raise TypeError("train(X, y): y is required when X is a tensor")
@@ -210,7 +281,7 @@ def _snapshot(
     val_history: list[float] | None,
 ) -> LoopState:
     def buffer(param: torch.Tensor) -> torch.Tensor | None:
-        value = optimizer.state.get(param, {}).get("momentum_buffer")
+        value = _momentum_buffer(optimizer, param)
         return None if value is None else value.detach().cpu().clone()
 
     return LoopState(
