@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import TrainConfig
+from .distributed import SINGLE, World
 from .errors import DataError
 
 CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes
@@ -80,9 +81,26 @@ class ColumnStats:
         return np.where(self.std > 0, self.std, 1.0)
 
 
-def fingerprint(data: Dataset) -> str:
+def fingerprint(data: Dataset, world: World = SINGLE) -> str:
     """SHA-256 of the numbers a run trains on: X then y, as float64 little-endian, a chunk at
-    a time. The same values give the same digest whatever the file format or dtype."""
+    a time. The same values give the same digest whatever the file format or dtype. Under
+    torchrun it is the SHA-256 of the ranks' digests of their shards, in rank order."""
+    local = _digest(data)
+    if not world.distributed:
+        return local
+    parts = world.gather(np.frombuffer(bytes.fromhex(local), dtype=np.uint8).astype(np.float64))
+    return hashlib.sha256(b"".join(part.astype(np.uint8).tobytes() for part in parts)).hexdigest()
+
+
+def shard(data: Dataset, world: World) -> Dataset:
+    """This rank's contiguous rows (views, no copy)."""
+    if not world.distributed:
+        return data
+    first, last = world.shard(data.samples)
+    return replace(data, X=data.X[first:last], y=data.y[first:last])
+
+
+def _digest(data: Dataset) -> str:
     digest = hashlib.sha256()
     digest.update(f"{data.samples}x{data.features};".encode())
     for start in range(0, data.samples, CHUNK_ROWS):
@@ -92,22 +110,37 @@ def fingerprint(data: Dataset) -> str:
     return digest.hexdigest()
 
 
-def column_stats(X: np.ndarray) -> ColumnStats:
-    """Mean and std in float64, one chunk at a time (a shifted two-pass-free update)."""
-    n = X.shape[0]
-    shift = np.asarray(X[0], dtype=np.float64)  # shifting by a sample keeps the sums small
+def column_stats(X: np.ndarray, world: World = SINGLE) -> ColumnStats:
+    """Mean and std in float64, one chunk at a time, over the rows of every rank.
+
+    Two passes: the mean, then the mean squared deviation from it (exact for a constant
+    column, and summed across ranks as it goes).
+    """
+    n = int(world.sum(X.shape[0]))
+    shift = first_row(X, world)  # sums of x - shift are exact for a constant column
     total = np.zeros(X.shape[1])
-    total_sq = np.zeros(X.shape[1])
-    for start in range(0, n, CHUNK_ROWS):
-        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - shift
-        total += chunk.sum(axis=0)
-        total_sq += np.einsum("ij,ij->j", chunk, chunk)
-    mean_shifted = total / n
-    var = np.maximum(total_sq / n - mean_shifted**2, 0.0)
-    std = np.sqrt(var)
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        total += (np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - shift).sum(axis=0)
+    mean = shift + world.sum(total) / n
+    squares = np.zeros(X.shape[1])
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - mean
+        squares += np.einsum("ij,ij->j", chunk, chunk)
+    std = np.sqrt(world.sum(squares) / n)
     # a column whose spread is at rounding level of its values is constant
-    std[std <= 1e-12 * np.maximum(np.abs(shift + mean_shifted), 1e-300)] = 0.0
-    return ColumnStats(mean=shift + mean_shifted, std=std)
+    std[std <= 1e-12 * np.maximum(np.abs(mean), 1e-300)] = 0.0
+    return ColumnStats(mean=mean, std=std)
+
+
+def first_row(X: np.ndarray, world: World) -> np.ndarray:
+    """The first row of the data (of the first rank that has rows), in float64."""
+    local = np.zeros(X.shape[1] + 1)
+    if X.shape[0]:
+        local[0], local[1:] = 1.0, np.asarray(X[0], dtype=np.float64)
+    for row in world.gather(local):
+        if row[0]:
+            return row[1:]
+    return local[1:]
 
 
 def split(data: Dataset, *, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import CHUNK_ROWS
+from .data import CHUNK_ROWS, column_stats, first_row
+from .distributed import SINGLE, World
 
 
 @dataclass(frozen=True)
@@ -58,29 +59,35 @@ class LeastSquares:
         return linear_predict(X, self.weight, self.bias)
 
 
-def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None) -> LeastSquares:
+def least_squares(
+    X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None, world: World = SINGLE
+) -> LeastSquares:
     """Solve in float64 by a streamed QR factorization of the centered data (TSQR).
 
     Each chunk of [X - mean(X), y - mean(y)] is stacked under the running triangular factor and
     refactored, so memory stays at one chunk and the accuracy is that of a Householder QR
     (NIST StRD certified digits), not that of the normal equations. Rank-deficient designs
-    (a constant or duplicated column) get the minimum-norm weights.
+    (a constant or duplicated column) get the minimum-norm weights. Under torchrun each rank
+    factors its shard and the ranks' triangular factors are stacked and factored once more
+    (the same TSQR step), so the result is that of the whole data.
     """
-    n, d = X.shape
+    local_n, d = X.shape
+    n = int(world.sum(local_n))
     if x_mean is None:
-        from .data import column_stats
-
-        x_mean = column_stats(X).mean  # exact for a constant column
-    y_mean = float(np.mean(np.asarray(y, dtype=np.float64)))
+        x_mean = column_stats(X, world).mean  # exact for a constant column
+    y_mean = float(column_stats(np.asarray(y).reshape(-1, 1), world).mean[0])
     factor = np.zeros((0, d + 1))
     tss = 0.0
-    for start in range(0, n, CHUNK_ROWS):
-        block = np.empty((min(CHUNK_ROWS, n - start), d + 1))
+    for start in range(0, local_n, CHUNK_ROWS):
+        block = np.empty((min(CHUNK_ROWS, local_n - start), d + 1))
         block[:, :d] = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - x_mean
         block[:, d] = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64) - y_mean
         tss += float(block[:, d] @ block[:, d])
         factor = np.asarray(np.linalg.qr(np.vstack([factor, block]), mode="r"))
     factor = np.vstack([factor, np.zeros((d + 1 - factor.shape[0], d + 1))])  # n <= d
+    if world.distributed:
+        factor = np.asarray(np.linalg.qr(np.vstack(world.gather(factor)), mode="r"))
+        tss = float(world.sum(tss))
     r, z = factor[:d, :d], factor[:d, d]
     rss_tail = float(factor[d, d] ** 2)
     tiny = (
@@ -107,13 +114,14 @@ def least_squares(X: np.ndarray, y: np.ndarray, x_mean: np.ndarray | None = None
     )
 
 
-def linear_fit(X: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: float) -> Fit:
+def linear_fit(
+    X: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: float, world: World = SINGLE
+) -> Fit:
     """The metrics of y ~ X @ weight + bias in float64, a chunk at a time (no N-sized
-    temporaries, so memory-mapped data stays on disk)."""
-    n = X.shape[0]
-    shift = float(np.asarray(y[:1], dtype=np.float64)[0]) if n else 0.0
+    temporaries, so memory-mapped data stays on disk), over the rows of every rank."""
+    shift = float(first_row(np.asarray(y).reshape(-1, 1), world)[0])
     sq = ab = ys = ys2 = 0.0
-    for start in range(0, n, CHUNK_ROWS):
+    for start in range(0, X.shape[0], CHUNK_ROWS):
         y_chunk = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64)
         chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
         residual = y_chunk - (chunk @ weight + bias)
@@ -122,6 +130,7 @@ def linear_fit(X: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: float) ->
         centered = y_chunk - shift
         ys += float(centered.sum())
         ys2 += float(centered @ centered)
+    n, sq, ab, ys, ys2 = (float(v) for v in world.sum(np.array([X.shape[0], sq, ab, ys, ys2])))
     mse = sq / n
     ss_tot = ys2 - ys * ys / n
     r2 = 1.0 - sq / ss_tot if ss_tot > 0 else None  # shifted sums: exactly 0 if y is constant
