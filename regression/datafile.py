@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .data import CHUNK_ROWS, Dataset
+from .distributed import SINGLE, World
 from .errors import DataError
 
 FORMATS = (".csv", ".tsv", ".npy", ".npz", ".parquet")
@@ -55,7 +57,9 @@ class Table:
         return (*(f"x{j + 1}" for j in range(self.columns - 1)), "y")
 
 
-def read_table(path: Path, *, min_rows: int = 2) -> Table:
+def read_table(
+    path: Path, *, min_rows: int = 2, shard: Callable[[int], tuple[int, int]] | None = None
+) -> Table:
     """Read ``path`` by its suffix; DataError (naming the file) for anything unusable.
     Fitting needs ``min_rows`` = 2 rows at least; predicting needs one."""
     path = Path(path)
@@ -72,7 +76,7 @@ def read_table(path: Path, *, min_rows: int = 2) -> Table:
         if suffix in (".csv", ".tsv"):
             table = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
         elif suffix == ".npy":
-            table = _read_npy(path)
+            table = _read_npy(path, shard)
         elif suffix == ".npz":
             table = _read_npz(path)
         else:
@@ -158,14 +162,16 @@ def _check_names(path: Path, names: tuple[str, ...]) -> None:
         seen.add(name)
 
 
-def _read_npy(path: Path) -> Table:
-    """A 2-D numeric array, memory-mapped: rows are read from disk as they are used."""
+def _read_npy(path: Path, shard: Callable[[int], tuple[int, int]] | None = None) -> Table:
+    """A 2-D numeric array, memory-mapped: rows are read from disk as they are used. With
+    ``shard`` (under torchrun) only this rank's rows are read and checked."""
     _check_magic(path, b"\x93NUMPY", "a .npy file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: not a numeric .npy array ({exc})") from exc
-    return Table(path=path, values=_numeric_2d(path, array, "the array"), names=None)
+    rows = shard(array.shape[0]) if shard is not None and array.ndim == 2 else None
+    return Table(path=path, values=_numeric_2d(path, array, "the array", rows), names=None)
 
 
 def _check_magic(path: Path, magic: bytes, what: str) -> None:
@@ -244,18 +250,23 @@ def _numeric(path: Path, array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
-def _numeric_2d(path: Path, array: np.ndarray, what: str) -> np.ndarray:
+def _numeric_2d(
+    path: Path, array: np.ndarray, what: str, rows: tuple[int, int] | None = None
+) -> np.ndarray:
     if array.ndim != 2:
         raise DataError(
             f"{path}: {what} has {array.ndim} dimension(s), shape {array.shape}; "
             "a 2-D array (rows x columns) is needed"
         )
     _numeric(path, array, what)
-    _check_finite(path, array, None)
+    first, last = rows if rows is not None else (0, array.shape[0])
+    _check_finite(path, array[first:last], None, offset=first)
     return array
 
 
-def _check_finite(path: Path, array: np.ndarray, names: tuple[str, ...] | None) -> None:
+def _check_finite(
+    path: Path, array: np.ndarray, names: tuple[str, ...] | None, offset: int = 0
+) -> None:
     """Scan in chunks (a memory-mapped file is never loaded whole); report the first bad cell."""
     if array.dtype.kind != "f":
         return
@@ -266,7 +277,7 @@ def _check_finite(path: Path, array: np.ndarray, names: tuple[str, ...] | None) 
             row, col = (int(i) for i in np.argwhere(bad)[0])
             name = f" ({names[col]})" if names else ""
             raise DataError(
-                f"{path}: row {start + row + 1}, column {col + 1}{name} is "
+                f"{path}: row {offset + start + row + 1}, column {col + 1}{name} is "
                 f"{chunk[row, col]}; NaN and inf cannot be fitted"
             )
 
@@ -326,8 +337,10 @@ def target_index(table: Table, target: str | None) -> int:
     return index % table.columns
 
 
-def load_dataset(path: Path, target: str | None = None) -> Dataset:
-    return select_target(read_table(path), target)
+def load_dataset(path: Path, target: str | None = None, world: World = SINGLE) -> Dataset:
+    """The file's features and target; under torchrun a memory-mapped .npy is only read
+    (and checked) in this rank's rows."""
+    return select_target(read_table(path, shard=world.shard if world.distributed else None), target)
 
 
 def write_table(path: Path, X: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> bytes:

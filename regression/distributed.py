@@ -62,8 +62,13 @@ class World:
         return [part.numpy() for part in parts]
 
     def close(self) -> None:
+        """Leave together: a rank that tears its connections down while another still uses
+        them can bring that one down (gloo aborts)."""
         if self.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            try:
+                torch.distributed.barrier(group=self.cpu_group)
+            finally:
+                torch.distributed.destroy_process_group()
 
 
 SINGLE = World()

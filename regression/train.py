@@ -3,6 +3,7 @@ shuffled mini-batches, with early stopping. It never prints: progress goes to a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import torch
 
 from .batches import Source, StreamSource, TensorSource
 from .config import TrainConfig
+from .distributed import SINGLE, World
 from .errors import DivergedError, TrainingStopped
 from .model import build_model
 
@@ -82,6 +84,7 @@ def train(
     resume: LoopState | None = None,
     checkpointer: Checkpointer | None = None,
     should_stop: Callable[[], bool] | None = None,
+    world: World = SINGLE,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
     device, or a Source that yields them (see batches.py).
@@ -94,10 +97,23 @@ def train(
     continues from a saved state. ``should_stop`` is asked after every step; when it says
     yes the loop saves the state of the last whole epoch (if checkpointing) and raises
     TrainingStopped.
+
+    Under torchrun (``world``) each rank holds a shard; the model is wrapped in
+    DistributedDataParallel, whose gradient averaging is scaled so that every step uses the
+    gradient of the rows of all ranks together: a full-batch step is the single-process
+    step. With mini-batches each rank cuts its shard into blocks of ``batch_size`` rows and
+    all ranks take block k of their shards together (an effective batch of about
+    ``batch_size`` x ranks rows), in an order drawn from the seed.
     """
     source = X if isinstance(X, TensorSource | StreamSource) else TensorSource(X, _given(y))
     n, d = source.n, source.d
+    sizes = world.shard_sizes(int(world.sum(n))) if world.distributed else [n]
+    total_n = sum(sizes)
     model = build_model(d, device=source.device, dtype=source.dtype)
+    net: torch.nn.Module = model
+    if world.distributed:
+        ids = [source.device.index] if source.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.SGD(
         [
             {"params": [model.weight], "weight_decay": config.weight_decay},
@@ -107,12 +123,17 @@ def train(
         momentum=momentum if momentum is not None else (config.momentum or 0.0),
     )
     loss_fn = torch.nn.MSELoss(reduction="sum")  # divided by N: the mean over the epoch
-    full_batch = config.batch_size == 0 or config.batch_size >= n
+    full_batch = config.batch_size == 0 or config.batch_size >= max(sizes)
     blocks = _blocks(source, n if full_batch else config.batch_size)
+    steps = len(blocks) if full_batch else -(-max(sizes) // config.batch_size)
+    step_rows = [
+        sum(_block_rows(size, config.batch_size, k) for size in sizes) for k in range(steps)
+    ]
     shuffle = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(tol=config.tol, patience=config.patience)
     history: list[float] = []
     val_history: list[float] | None = None if val is None else []
+    val_n = int(world.sum(val[0].shape[0])) if val is not None else 0
     first_epoch = 1
     if resume is not None:
         _restore(resume, model, optimizer, shuffle, stopper)
@@ -121,8 +142,9 @@ def train(
         first_epoch = resume.epoch + 1
     state = _snapshot(first_epoch - 1, model, optimizer, shuffle, stopper, history, val_history)
     graphed = None
-    if full_batch and len(blocks) == 1 and source.device.type == "cuda":
+    if full_batch and len(blocks) == 1 and source.device.type == "cuda" and not world.distributed:
         graphed = _capture_step(model, optimizer, loss_fn, *source.rows(0, n))
+    scale = world.size  # DistributedDataParallel averages gradients over the ranks
     start = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
         total = torch.zeros((), dtype=torch.float64, device=source.device)
@@ -131,24 +153,26 @@ def train(
             total += graphed.loss
         elif full_batch:
             optimizer.zero_grad(set_to_none=True)
-            for first, last in blocks:  # slices of one batch: the gradients add up
+            for k, (first, last) in enumerate(blocks):  # slices of one batch: gradients add up
                 X_rows, y_rows = source.rows(first, last)
-                loss = loss_fn(model(X_rows), y_rows) / n
-                loss.backward()
+                with _sync_if(net, k + 1 == len(blocks)):
+                    loss = loss_fn(net(X_rows), y_rows) / total_n
+                    (loss * scale).backward()
                 total += loss.detach()
             optimizer.step()
         else:
-            for k, index in enumerate(torch.randperm(len(blocks), generator=shuffle).tolist()):
-                first, last = blocks[index]
+            order = torch.randperm(steps, generator=shuffle).tolist()
+            for k, index in enumerate(order):
+                first, last = blocks[index] if index < len(blocks) else (n, n)
                 X_rows, y_rows = source.rows(first, last)
-                loss = loss_fn(model(X_rows), y_rows) / (last - first)
+                loss = loss_fn(net(X_rows), y_rows)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (scale / step_rows[index])).backward()
                 optimizer.step()
-                total += loss.detach() * ((last - first) / n)
-                if should_stop is not None and k + 1 < len(blocks) and should_stop():
+                total += loss.detach() / total_n
+                if not world.distributed and k + 1 < steps and should_stop and should_stop():
                     _stop(state, checkpointer)  # mid-epoch: back to the epoch's start
-        epoch_loss = total.item()
+        epoch_loss = float(world.sum(total.item()))
         if not math.isfinite(epoch_loss):
             raise DivergedError(
                 f"the training loss became {epoch_loss} at epoch {epoch} with --lr {lr:g}; "
@@ -158,7 +182,7 @@ def train(
         val_loss = None
         if val is not None and val_history is not None:
             with torch.no_grad():
-                val_loss = (loss_fn(model(val[0]), val[1]) / val[0].shape[0]).item()
+                val_loss = float(world.sum(loss_fn(model(val[0]), val[1]).item())) / val_n
             val_history.append(val_loss)
         if progress is not None:
             elapsed = time.perf_counter() - start
@@ -170,7 +194,7 @@ def train(
                 checkpointer.save(state)
         if done:
             break
-        if should_stop is not None and should_stop():
+        if should_stop is not None and _any_rank(world, should_stop()):
             _stop(state, checkpointer)
     return Trained(
         model=model,
@@ -179,6 +203,25 @@ def train(
         converged=stopper.converged,
         lr=lr,
     )
+
+
+def _block_rows(size: int, batch: int, k: int) -> int:
+    """Rows in block k of a shard of ``size`` rows cut into blocks of ``batch``."""
+    return max(0, min(batch, size - k * batch))
+
+
+def _sync_if(net: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
+    """DistributedDataParallel averages gradients on the last slice only (``no_sync``
+    before), so a full batch in slices costs one all-reduce."""
+    if last or not isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return net.no_sync()
+
+
+def _any_rank(world: World, flag: bool) -> bool:
+    """All ranks stop together: a signal seen by one is acted on by all (no rank is left
+    waiting in a collective)."""
+    return bool(world.sum(float(flag)) > 0) if world.distributed else flag
 
 
 class _GraphedStep:
