@@ -47,6 +47,12 @@ app = typer.Typer(
 )
 
 
+class DEBUG:
+    """Whether tracebacks were asked for (--debug, LINREG_DEBUG or the config file)."""
+
+    requested = False
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"linreg {__version__}")
@@ -312,6 +318,7 @@ def train(
     from . import settings
 
     values, sources = settings.resolve(ctx, config_file)
+    DEBUG.requested = bool(values["debug"])  # also from LINREG_DEBUG or the config file
     if resume is not None:
         _resume_values(values, sources, resume, config_file)
     config = _train_config(values, sources)
@@ -375,6 +382,21 @@ def predict(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON document: predictions and metrics.")
     ] = False,
+    intervals: Annotated[
+        bool,
+        typer.Option(
+            "--intervals",
+            help="Add the least-squares confidence interval of the mean (mean_lower, "
+            "mean_upper) and the prediction interval (lower, upper) of each prediction.",
+        ),
+    ] = False,
+    confidence: Annotated[
+        float | None,
+        typer.Option(
+            help="Level of --intervals, in (0, 1) [default: the model's training --confidence].",
+            show_default=False,
+        ),
+    ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
     ] = False,
@@ -383,7 +405,15 @@ def predict(
     column is present."""
     from .predict_command import run_predict
 
-    run_predict(model, data=data, out=out, target=target, json_output=json_output)
+    run_predict(
+        model,
+        data=data,
+        out=out,
+        target=target,
+        json_output=json_output,
+        intervals=intervals,
+        confidence=confidence,
+    )
 
 
 @app.command()
@@ -532,14 +562,14 @@ def usage_message(message: str, args: list[str]) -> str:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``linreg`` and ``python -m cli``: one place turns failures into exit codes."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args or os.environ.get("LINREG_DEBUG", "") not in ("", "0")
+    DEBUG.requested = "--debug" in args or os.environ.get("LINREG_DEBUG", "") not in ("", "0")
     STOP.install()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="linreg", standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
     except RegressionError as exc:
-        if debug:
+        if DEBUG.requested:
             traceback.print_exc()
         output.error(message_for(exc))
         code = exit_code_for(exc)
@@ -557,9 +587,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
         output.error("aborted")
         code = ExitCode.FAILURE
     except Exception as exc:
-        if debug:
+        if DEBUG.requested:
             traceback.print_exc()
-        hint = "" if debug else " (rerun with --debug for the traceback)"
+        hint = "" if DEBUG.requested else " (rerun with --debug for the traceback)"
         output.error(f"unexpected {type(exc).__name__}: {exc}{hint}")
         code = ExitCode.FAILURE
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, leave without running C++ static destructors: torch's distributed
+        # threads can abort the process at interpreter shutdown ("terminate called without
+        # an active exception") after the work is done and the process group destroyed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
     sys.exit(int(code))

@@ -7,6 +7,7 @@ text: no escape codes, no box characters, and only a few progress lines.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,8 +30,11 @@ def is_terminal(stream: IO[str]) -> bool:
 
 
 def error(message: str) -> None:
-    """The one line a failure prints: ``error: ...`` on stderr."""
+    """The one line a failure prints: ``error: ...`` on stderr (``error: rank R: ...``
+    under torchrun, so that a cluster log says which process failed)."""
     text = " ".join(str(message).split())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        text = f"rank {os.environ.get('RANK', '?')}: {text}"
     print(f"error: {text}", file=sys.stderr, flush=True)
 
 
@@ -219,6 +223,7 @@ def coefficient_table(statistics: dict[str, Any]) -> None:
         f"adjusted R2 {fmt(statistics['adj_r2'])}, F {fmt(statistics['f_stat'], 4)} "
         f"(p {fmt_p(statistics['f_pvalue'])})"
     )
+    footer_lines = [footer, *statistics_notes(statistics)]
     if is_terminal(sys.stdout):
         from rich.console import Console
         from rich.table import Table
@@ -228,11 +233,42 @@ def coefficient_table(statistics: dict[str, Any]) -> None:
             table.add_row(*row)
         console = Console()
         console.print(table)
-        console.print(footer, highlight=False)
+        for line in footer_lines:
+            console.print(line, highlight=False, markup=False)
     else:
         print("coefficients (least squares):")
         print("\n".join(aligned([header, *rows], indent=2)))
-        print(footer)
+        print("\n".join(footer_lines))
+
+
+def statistics_notes(statistics: dict[str, Any]) -> list[str]:
+    """The likelihood and diagnostics line under the table, and how the learned parameters
+    relate to the least-squares ones it describes (a note when training did not converge)."""
+    condition = fmt(statistics["condition_number"], 4)
+    standardized = statistics.get("condition_number_standardized")
+    lines = [
+        f"log-likelihood {fmt(statistics['log_likelihood'])}, AIC {fmt(statistics['aic'])}, "
+        f"BIC {fmt(statistics['bic'])}, Durbin-Watson {fmt(statistics['durbin_watson'], 4)}, "
+        f"condition number {condition} (standardized features {fmt(standardized, 4)})"
+    ]
+    trained = statistics.get("trained")
+    if trained is None:
+        return lines
+    distance = trained["max_diff_std_errs"]
+    away = (
+        f"{fmt(distance, 2)} standard errors"
+        if distance is not None
+        else f"a relative {fmt(trained['max_rel_diff'], 2)}"
+    )
+    if trained["converged"]:
+        lines.append(f"the learned parameters are within {away} of these estimates")
+    else:
+        lines.append(
+            f"note: training did not converge; the learned parameters are up to {away} from "
+            "these least-squares estimates, which is what the table describes "
+            "(more --epochs get closer)"
+        )
+    return lines
 
 
 def fmt_p(p: float | None) -> str:

@@ -114,9 +114,11 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError("config", f"cannot be read ({exc.strerror})", str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"file {path} is not valid TOML: {exc}", None) from None
-    values = {}
+    values: dict[str, Any] = {}
     for raw_key, value in document.items():
         key = raw_key.replace("-", "_")
+        if key in values:
+            raise ConfigError("config", f"file {path}: key {raw_key!r} is given twice", None)
         setting = BY_KEY.get(key)
         if setting is None:
             known = ", ".join(sorted(BY_KEY))
@@ -165,6 +167,8 @@ def _convert(setting: Setting, value: Any, *, strings: bool) -> Any:
         return [float(v) for v in items]
     if kind == "auto":
         if isinstance(value, str):
+            if value.strip().lower() != "auto":
+                _parse(float, value, "'auto' or a number")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"must be 'auto' or a number, got {value!r}")
@@ -191,7 +195,7 @@ def to_config_toml(values: dict[str, Any], keys: list[str]) -> str:
     for key in keys:
         value = values[BY_KEY[key].param]
         if isinstance(value, Path):
-            value = str(value)
+            value = str(value.absolute())  # the file may be read from another folder
         if setting_kind(key) == "auto" and value != "auto":
             value = float(value)
         document[key] = value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from regression import artifacts
 from regression.config import TrainConfig, to_toml
-from regression.errors import ConfigError, OutputError, TrainingStopped
+from regression.errors import ConfigError, OutputError, RegressionError, TrainingStopped
 
 from . import output
 from .plot_worker import PlotWorker
@@ -33,7 +34,14 @@ def run_train(
     summary: bool,
     confidence: float,
 ) -> None:
-    """Everything that can be refused is checked before training starts."""
+    """Everything that can be refused is checked before training starts.
+
+    Under torchrun, rank 0 does all of this; the other ranks only train their shard and
+    write and print nothing (unless they fail).
+    """
+    if os.environ.get("RANK", "0") != "0":
+        _train_other_rank(config, run_dir=out, resume=resume)
+        return
     if plot is not None:
         _check_plot_path(plot)
     log = _open_log(log_file) if log_file is not None else None
@@ -55,12 +63,15 @@ def run_train(
             summary=summary,
             confidence=confidence,
         )
-    except BaseException:
-        if run.created and not (run.path / artifacts.CHECKPOINT_FILE).exists():
-            # nothing to resume: a directory this run made goes away again
+    except BaseException as exc:
+        if log is not None and isinstance(exc, RegressionError | Interrupted):
+            log.write(f"error: {exc}")
+        if run.empty and not resume and not (run.path / artifacts.CHECKPOINT_FILE).exists():
+            # nothing to resume: the directory is left as this run found it
             with contextlib.suppress(OSError):
                 config_path.unlink()
-                run.path.rmdir()
+                if run.created:
+                    run.path.rmdir()
         raise
     finally:
         if plotter is not None:
@@ -68,6 +79,19 @@ def run_train(
         run.release()
         if log is not None:
             log.close()
+
+
+def _train_other_rank(config: TrainConfig, *, run_dir: Path | None, resume: bool) -> None:
+    from regression.distributed import from_environment
+    from regression.pipeline import run_training
+
+    world = from_environment(config.device)
+    try:
+        run_training(config, run_dir=run_dir, resume=resume, should_stop=STOP, world=world)
+    except TrainingStopped:
+        assert STOP.received is not None
+        raise Interrupted(*STOP.received, detail="stopped with the other ranks") from None
+    world.close()  # only after success: a failed rank leaves, and torchrun stops the others
 
 
 def _train_and_write(
@@ -83,9 +107,12 @@ def _train_and_write(
     summary: bool,
     confidence: float,
 ) -> None:
+    from regression.distributed import from_environment
     from regression.pipeline import run_training
     from regression.report import metrics_document
+    from regression.statistics import interval_basis
 
+    world = from_environment(config.device)
     try:
         with output.ProgressReporter(quiet=quiet, log=log) as progress:
             result = run_training(
@@ -95,6 +122,7 @@ def _train_and_write(
                 run_dir=run_dir,
                 resume=resume,
                 should_stop=STOP,
+                world=world,
             )
     except TrainingStopped as stopped:
         assert STOP.received is not None
@@ -109,6 +137,7 @@ def _train_and_write(
                 "(--checkpoint-every K makes a run resumable)"
             )
         raise Interrupted(*STOP.received, detail=detail) from None
+    world.close()
     STOP.leave_loop()
     if plot is not None and plotter is not None:
         plotter.start(_figure(result), plot)  # drawn by the helper while the rest is written
@@ -129,6 +158,7 @@ def _train_and_write(
             linear_bias=result.linear_bias,
             standardize=config.standardize,
             dtype=config.dtype,
+            intervals=interval_basis(result.ols, result.confidence),
         ),
     )
     artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history, result.val_history)

@@ -101,9 +101,10 @@ class RunDir:
     linreg run from writing to it at the same time (``flock``, released when the process
     ends, however it ends)."""
 
-    def __init__(self, path: Path, *, created: bool) -> None:
+    def __init__(self, path: Path, *, created: bool, empty: bool = True) -> None:
         self.path = path
         self.created = created  # this run made the directory
+        self.empty = empty  # it held nothing before this run
         self._fd: int | None = None
 
     def lock(self) -> None:
@@ -146,7 +147,7 @@ def prepare_run_dir(
         raise OutputExistsError(f"--out {out} exists and is not a directory")
     created = not out.exists()
     _make_dirs(out)
-    run = RunDir(out, created=created)
+    run = RunDir(out, created=created, empty=not any(out.iterdir()))
     run.lock()
     try:
         if not resume and any(out.iterdir()) and not overwrite:
@@ -156,8 +157,9 @@ def prepare_run_dir(
             )
         if not os.access(out, os.W_OK | os.X_OK):
             raise OutputError(f"cannot write to --out {out}: permission denied")
-        with contextlib.suppress(FileNotFoundError):
-            (out / METRICS_FILE).unlink()
+        if not resume:  # a refused or failed resume keeps the finished run's results
+            with contextlib.suppress(FileNotFoundError):
+                (out / METRICS_FILE).unlink()
     except BaseException:
         run.release()
         raise
@@ -190,6 +192,18 @@ def _make_dirs(path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class IntervalBasis:
+    """What ``linreg predict --intervals`` needs: the uncertainty of the least-squares fit."""
+
+    r: np.ndarray  # D x D upper-triangular TSQR factor of the centered training features
+    x_mean: np.ndarray  # the training features' column means
+    sigma: float  # residual standard error of the least-squares fit, sqrt(rss / df_resid)
+    samples: int  # training rows
+    df_resid: int  # residual degrees of freedom (>= 1)
+    confidence: float  # the run's --confidence: the default level of the intervals
+
+
+@dataclass(frozen=True)
 class ModelFile:
     """What a model file holds: the model in data units and how it was trained."""
 
@@ -204,6 +218,7 @@ class ModelFile:
     standardize: bool
     dtype: str
     version: str = __version__
+    intervals: IntervalBasis | None = None  # None: undefined for the fit, or an older file
 
     @property
     def features(self) -> int:
@@ -217,6 +232,9 @@ class ModelFile:
 
 
 _TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", "linear.bias")
+# present together, or not at all (intervals undefined, or a file from before they existed)
+_INTERVAL_TENSORS = ("ols.r", "ols.x_mean", "ols.sigma")
+_INTERVAL_METADATA = ("ols_samples", "ols_df_resid", "confidence")
 
 
 def model_bytes(model: ModelFile) -> bytes:
@@ -234,7 +252,13 @@ def model_bytes(model: ModelFile) -> bytes:
         "linear.weight": model.linear_weight,
         "linear.bias": np.array([model.linear_bias]),
     }
-    tensors = {name: np.ascontiguousarray(tensors[name], dtype="<f8") for name in _TENSORS}
+    names: tuple[str, ...] = _TENSORS
+    if model.intervals is not None:
+        tensors["ols.r"] = model.intervals.r
+        tensors["ols.x_mean"] = model.intervals.x_mean
+        tensors["ols.sigma"] = np.array([model.intervals.sigma])
+        names = (*_TENSORS, *_INTERVAL_TENSORS)
+    tensors = {name: np.ascontiguousarray(tensors[name], dtype="<f8") for name in names}
     metadata = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -245,6 +269,10 @@ def model_bytes(model: ModelFile) -> bytes:
         "standardize": json.dumps(model.standardize),
         "dtype": model.dtype,
     }
+    if model.intervals is not None:
+        metadata["ols_samples"] = str(model.intervals.samples)
+        metadata["ols_df_resid"] = str(model.intervals.df_resid)
+        metadata["confidence"] = repr(float(model.intervals.confidence))
     return safetensors_bytes(tensors, metadata)
 
 
@@ -354,7 +382,9 @@ def load_model(path: Path) -> ModelFile:
             raise ModelFileError(f"{path}: damaged model file (tensor {name!r} missing or wrong)")
         if not np.all(np.isfinite(tensor)):
             raise ModelFileError(f"{path}: damaged model file (tensor {name!r} is not finite)")
-    if set(tensors) != set(_TENSORS) or len(names) != features:
+    intervals = _interval_basis(path, tensors, metadata, features)
+    expected_names = set(_TENSORS) | (set(_INTERVAL_TENSORS) if intervals is not None else set())
+    if set(tensors) != expected_names or len(names) != features:
         raise ModelFileError(f"{path}: damaged model file (unexpected contents)")
     if "sha256" not in metadata:
         raise ModelFileError(f"{path}: damaged model file (no checksum)")
@@ -372,6 +402,48 @@ def load_model(path: Path) -> ModelFile:
         standardize=standardize,
         dtype=dtype,
         version=metadata.get("linreg_version", "unknown"),
+        intervals=intervals,
+    )
+
+
+def _interval_basis(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], features: int
+) -> IntervalBasis | None:
+    """The interval data of a model file: all of it or none (an older file, or a fit whose
+    intervals are undefined); a part of it, or values out of range, mean a damaged file."""
+    present = [name in tensors for name in _INTERVAL_TENSORS]
+    present += [key in metadata for key in _INTERVAL_METADATA]
+    if not any(present):
+        return None
+    damaged = ModelFileError(f"{path}: damaged model file (interval data incomplete or wrong)")
+    if not all(present):
+        raise damaged
+    r, x_mean, sigma = (tensors[name] for name in _INTERVAL_TENSORS)
+    if (r.shape, x_mean.shape, sigma.shape) != ((features, features), (features,), (1,)):
+        raise damaged
+    try:
+        samples = int(metadata["ols_samples"])
+        df_resid = int(metadata["ols_df_resid"])
+        confidence = float(metadata["confidence"])
+    except ValueError:
+        raise damaged from None
+    arrays_ok = all(a.dtype == np.float64 and np.all(np.isfinite(a)) for a in (r, x_mean, sigma))
+    if not (
+        arrays_ok
+        and 1 <= df_resid < samples
+        and 0 < confidence < 1
+        and sigma[0] >= 0
+        and np.all(np.diag(r) != 0)
+        and np.all(np.tril(r, -1) == 0)
+    ):
+        raise damaged
+    return IntervalBasis(
+        r=r,
+        x_mean=x_mean,
+        sigma=float(sigma[0]),
+        samples=samples,
+        df_resid=df_resid,
+        confidence=confidence,
     )
 
 

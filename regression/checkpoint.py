@@ -24,6 +24,8 @@ class RunIdentity:
     config: str  # the resolved training options as TOML
     data_sha256: str
     lr: float
+    momentum: float = 0.0  # the momentum used: > 0 means the state has momentum buffers
+    validation: bool = False  # the run holds out rows: the state has a validation history
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -79,11 +81,12 @@ def load_checkpoint(path: Path, identity: RunIdentity) -> LoopState:
                 f"{path} belongs to a run with different {what}; resume it with the "
                 "options in its run directory's config.toml"
             )
-    missing = [
-        name
-        for name in ("linear.weight", "linear.bias", "shuffle_state", "history")
-        if name not in tensors
-    ]
+    needed = ["linear.weight", "linear.bias", "shuffle_state", "history"]
+    if identity.momentum > 0 and metadata.get("epoch", "0") != "0":
+        needed += ["momentum.weight", "momentum.bias"]
+    if identity.validation:
+        needed.append("val_history")
+    missing = [name for name in needed if name not in tensors]
     if missing or not {"epoch", "previous_loss", "stalled"} <= set(metadata):
         raise ModelFileError(f"{path}: incomplete checkpoint (missing {missing or 'metadata'})")
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,10 @@ from .artifacts import CHECKPOINT_FILE
 from .batches import Source, StreamSource, TensorSource, max_row_norm2
 from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_toml
-from .data import Dataset, column_stats, fingerprint, split, synthetic
+from .data import Dataset, column_stats, fingerprint, shard, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
+from .distributed import SINGLE, World
 from .errors import ConfigError
 from .metrics import (
     Fit,
@@ -26,7 +27,14 @@ from .metrics import (
     optimality_gap,
 )
 from .model import Scaling, target_tensor, to_training_tensor
-from .statistics import Statistics, ols_statistics
+from .statistics import (
+    ResidualRun,
+    Statistics,
+    collinearity_warning,
+    ols_statistics,
+    residual_run,
+    trained_distance,
+)
 from .train import Checkpointer, Curvature, ProgressCallback, train
 
 
@@ -67,14 +75,35 @@ class RunResult:
     seconds: float
     warnings: list[str]
     data_sha256: str  # of the training rows (see data.fingerprint)
+    val_samples: int  # held-out rows, of all ranks
+    durbin_watson: float | None = None  # of the least-squares residuals, in row order
 
     def statistics(self) -> Statistics:
-        """The least-squares inference (imports SciPy, so only computed when asked for)."""
-        return ols_statistics(self.ols, self.data.feature_names, self.ols.tss, self.confidence)
+        """The least-squares inference (imports SciPy, so only computed when asked for), and
+        how far the trained parameters are from the solution it describes."""
+        stats = ols_statistics(
+            self.ols,
+            self.data.feature_names,
+            self.ols.tss,
+            self.confidence,
+            durbin_watson=self.durbin_watson,
+        )
+        trained = trained_distance(
+            stats,
+            self.params.weight,
+            self.params.bias,
+            optimality_gap=self.optimality_gap,
+            converged=self.converged,
+        )
+        return replace(stats, trained=trained)
+
+    @property
+    def train_samples(self) -> int:
+        return self.ols.samples  # of all ranks
 
     @property
     def samples(self) -> int:
-        return self.data.samples + (self.val_data.samples if self.val_data else 0)
+        return self.train_samples + self.val_samples
 
 
 def run_training(
@@ -86,6 +115,7 @@ def run_training(
     run_dir: Path | None = None,
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    world: World = SINGLE,
 ) -> RunResult:
     """Make or read the data, hold out a validation share, fit the rest, and measure the fit
     against the least-squares optimum.
@@ -98,17 +128,25 @@ def run_training(
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     if data is None:
-        data = load_dataset(Path(config.data), config.target) if config.data else synthetic(config)
-    data, val_data = split(data, fraction=config.val_fraction, seed=config.seed)
+        data = (
+            load_dataset(Path(config.data), config.target, world)
+            if config.data
+            else synthetic(config)
+        )
+    # under torchrun each rank keeps its contiguous shard (a view) and splits that
+    data, val_data = split(shard(data, world), fraction=config.val_fraction, seed=config.seed)
     X, y = data.X, data.y
-    stats = column_stats(X)
+    stats = column_stats(X, world)
     warnings = [
         f"feature {name!r} is constant in the training data: its weight is 0 and the "
         "intercept carries its value"
         for name, std in zip(data.feature_names, stats.std, strict=True)
         if std == 0
     ]
-    ols = least_squares(X, y, x_mean=stats.mean)
+    ols = least_squares(X, y, x_mean=stats.mean, world=world)
+    collinear = collinearity_warning(ols)
+    if collinear is not None:
+        warnings.append(collinear)
     scaling = (
         Scaling(mean=stats.mean, scale=stats.scale)
         if config.standardize
@@ -123,11 +161,17 @@ def run_training(
             to_training_tensor(val_data.X, scaling, device=device, dtype=dtype),
             target_tensor(val_data.y, device=device, dtype=dtype),
         )
-    data_sha256 = fingerprint(data)
-    identity = RunIdentity(config=to_toml(config.to_dict()), data_sha256=data_sha256, lr=lr)
+    data_sha256 = fingerprint(data, world)
+    identity = RunIdentity(
+        config=to_toml(config.to_dict()),
+        data_sha256=data_sha256,
+        lr=lr,
+        momentum=momentum,
+        validation=val is not None,
+    )
     checkpoint_path = (run_dir or Path(".")) / CHECKPOINT_FILE
     checkpointer = None
-    if config.checkpoint_every:
+    if config.checkpoint_every and world.is_main:  # one rank writes; all hold the same state
         checkpointer = Checkpointer(
             lambda state: save_checkpoint(checkpoint_path, state, identity),
             config.checkpoint_every,
@@ -142,6 +186,7 @@ def run_training(
         resume=load_checkpoint(checkpoint_path, identity) if resume else None,
         checkpointer=checkpointer,
         should_stop=should_stop,
+        world=world,
     )
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
     linear_bias = float(trained.model.bias.detach().cpu().item())
@@ -149,10 +194,10 @@ def run_training(
     # The metrics are those of the reported parameters, evaluated in float64: what
     # `linreg predict` gives, and free of the training dtype's rounding (so the optimality
     # gap is not negative beyond float64 rounding).
-    fit = linear_fit(X, y, weight, bias)
+    fit = linear_fit(X, y, weight, bias, world)
     val_fit = None
     if val_data is not None:
-        val_fit = linear_fit(val_data.X, val_data.y, weight, bias)
+        val_fit = linear_fit(val_data.X, val_data.y, weight, bias, world)
     figure_rows = _figure_rows(data.samples)
     figure_inputs = to_training_tensor(X[figure_rows], scaling, device=device, dtype=dtype)
     y_mean_square = ols.tss / ols.samples + ols.y_mean**2
@@ -176,7 +221,7 @@ def run_training(
         # the optimum's mse by the same float64 arithmetic as the learned one, so that the
         # gap compares like with like (and is not negative by rounding)
         optimality_gap=optimality_gap(
-            fit.mse, linear_fit(X, y, ols.weight, ols.bias).mse, y_mean_square
+            fit.mse, linear_fit(X, y, ols.weight, ols.bias, world).mse, y_mean_square
         ),
         confidence=confidence,
         history=trained.history,
@@ -187,7 +232,16 @@ def run_training(
         seconds=time.perf_counter() - start,
         warnings=warnings,
         data_sha256=data_sha256,
+        val_samples=int(world.sum(val_data.samples if val_data else 0)),
+        durbin_watson=_durbin_watson(X, y, ols, world),
     )
+
+
+def _durbin_watson(X: np.ndarray, y: np.ndarray, ols: LeastSquares, world: World) -> float | None:
+    """Over the training rows of all ranks in file order: each rank holds a contiguous shard,
+    so their residual runs join in rank order."""
+    runs = world.gather(residual_run(X, y, ols).as_array())
+    return ResidualRun.concat([ResidualRun.from_array(run) for run in runs]).durbin_watson
 
 
 FIGURE_ROWS = 5000  # rows drawn in the figure's scatter plots (a seeded sample beyond that)

@@ -9,8 +9,9 @@ import numpy as np
 
 from .artifacts import ModelFile, load_model
 from .datafile import Table, read_table, target_index
-from .errors import DataError
+from .errors import ConfigError, DataError, ModelFileError
 from .metrics import Fit, fit_metrics
+from .statistics import Intervals, prediction_intervals
 
 
 @dataclass(frozen=True)
@@ -19,25 +20,51 @@ class Prediction:
     fit: Fit | None  # against the target column, when the file has one
     model: ModelFile
     ignored: tuple[str, ...]  # columns of the file that are neither features nor the target
+    intervals: Intervals | None = None  # when asked for
 
 
-def predict_file(model_path: Path, data_path: Path, target: str | None = None) -> Prediction:
+def predict_file(
+    model_path: Path,
+    data_path: Path,
+    target: str | None = None,
+    *,
+    intervals: bool = False,
+    confidence: float | None = None,
+) -> Prediction:
     """Load the model, match the file's columns to its features, predict in float64.
 
     Files with a header are matched by the feature names recorded in the model (any order;
     the target is ``target`` or the model's target name, when present). Files without one
     are matched by position: D columns are the features, D + 1 are the features and the
     target (the last column unless ``target`` says otherwise).
+
+    With ``intervals``, each prediction gets the confidence interval of the mean response
+    and the prediction interval of the least-squares fit at its row (see
+    ``statistics.prediction_intervals``), at level ``confidence`` (default: the level the
+    model was trained with).
     """
+    if confidence is not None and not 0 < confidence < 1:
+        raise ConfigError("confidence", "must be in (0, 1)", confidence)
     model = load_model(model_path)
+    if intervals and model.intervals is None:
+        raise ModelFileError(
+            f"{model_path} has no interval data: its least-squares fit had no residual degrees "
+            "of freedom or linearly dependent features, or it was written by an older linreg; "
+            "retrain with this version (and more rows than features + 1) for --intervals"
+        )
     table = read_table(data_path, min_rows=1)
     X, y, ignored = _match(model, table, target)
     predictions = model.predict(X)
+    bands = None
+    if intervals and model.intervals is not None:
+        level = confidence if confidence is not None else model.intervals.confidence
+        bands = prediction_intervals(model.intervals, X, predictions, level)
     return Prediction(
         predictions=predictions,
         fit=fit_metrics(y, predictions) if y is not None else None,
         model=model,
         ignored=ignored,
+        intervals=bands,
     )
 
 

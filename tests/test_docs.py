@@ -46,6 +46,8 @@ def test_every_option_in_the_readme_exists() -> None:
     for command in ("train", "predict", "generate"):
         known |= options_in(help_text(command))
     pip_and_tools = {"--check", "--no-standardize", "--version"}
+    pip_and_tools |= {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint"}
+    pip_and_tools |= {"--rdzv-id"}  # torchrun's own
     unknown = options_in(README) - known - pip_and_tools
     assert not unknown, f"README.md documents options linreg does not have: {sorted(unknown)}"
 

@@ -378,11 +378,12 @@ def test_a_locked_run_dir_is_refused_until_released(tmp_path: Path) -> None:
     second.release()
 
 
-def test_resume_accepts_a_non_empty_dir_and_drops_stale_metrics(tmp_path: Path) -> None:
+def test_resume_accepts_a_non_empty_dir_and_keeps_its_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / METRICS_FILE).write_text("{}")
     (out / "config.toml").write_text("epochs = 3\n")
     run = prepare_run_dir(out, overwrite=False, resume=True)
-    assert not (out / METRICS_FILE).exists() and (out / "config.toml").exists()
+    # a resume that is then refused (or fails) must not cost the finished run its results
+    assert (out / METRICS_FILE).read_text() == "{}" and (out / "config.toml").exists()
     run.release()

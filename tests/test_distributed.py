@@ -1,0 +1,162 @@
+"""Data-parallel training through the real ``torchrun`` with 2 gloo processes on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import clean_env, error_lines, expect_exit, run_concurrently, run_linreg
+
+from regression.distributed import World
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+TIMEOUT_S = 240.0
+
+
+def torchrun(*args: str | Path, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node N -m cli ...`` on a free port, stdin closed."""
+    command = [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        "-m",
+        "cli",
+        *map(str, args),
+    ]
+    env = clean_env({"OMP_NUM_THREADS": "1", "LINREG_DIST_TIMEOUT": "60"})
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+def metrics(run_dir: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((run_dir / "metrics.json").read_text())
+    return document
+
+
+FULL = ["--samples", "3001", "--features", "3", "--weight", "1.5", "--dtype", "float64"]
+FULL += ["--no-plot", "-q", "--tol", "0", "--epochs", "40"]
+BATCH = ["--samples", "2000", "--features", "2", "--batch-size", "100", "--epochs", "5"]
+BATCH += ["--no-plot", "-q", "--tol", "0", "--dtype", "float64"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cwd = tmp_path_factory.mktemp("distributed")
+    data = cwd / "data.npy"
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1001, 3))
+    np.save(data, np.column_stack([X, X @ [1.0, -2.0, 0.5] + 3 + 0.1 * rng.normal(size=1001)]))
+    bad = cwd / "bad.npy"
+    broken = np.load(data)
+    broken[900, 1] = np.nan  # in rank 1's half only
+    np.save(bad, broken)
+    jobs = {
+        "single": lambda: run_linreg("train", *FULL, "--out", cwd / "single", cwd=cwd),
+        "two": lambda: torchrun("train", *FULL, "--out", cwd / "two", cwd=cwd),
+        "batch1": lambda: run_linreg("train", *BATCH, "--out", cwd / "batch1", cwd=cwd),
+        "batch2": lambda: torchrun("train", *BATCH, "--out", cwd / "batch2", cwd=cwd),
+        "batch2b": lambda: torchrun("train", *BATCH, "--out", cwd / "batch2b", cwd=cwd),
+        "file1": lambda: run_linreg(
+            "train", "--data", data, "--dtype", "float64", "-q", "--out", cwd / "file1", cwd=cwd
+        ),
+        "file2": lambda: torchrun(
+            "train", "--data", data, "--dtype", "float64", "-q", "--out", cwd / "file2", cwd=cwd
+        ),
+    }
+    results = run_concurrently(jobs)
+    started = time.monotonic()
+    results["bad"] = torchrun("train", "--data", bad, "-q", "--out", cwd / "bad", cwd=cwd)
+    results["bad_seconds"] = time.monotonic() - started
+    return {"cwd": cwd, **results}
+
+
+def test_full_batch_under_torchrun_equals_one_process(runs: dict[str, Any]) -> None:
+    expect_exit(runs["single"], 0)
+    expect_exit(runs["two"], 0)
+    one, two = metrics(runs["cwd"] / "single"), metrics(runs["cwd"] / "two")
+    # float64: the same steps up to the order of the float additions (1e-9 relative)
+    np.testing.assert_allclose(two["params"]["weight"], one["params"]["weight"], rtol=1e-9)
+    assert two["params"]["bias"] == pytest.approx(one["params"]["bias"], rel=1e-9)
+    np.testing.assert_allclose(two["ols_params"]["weight"], one["ols_params"]["weight"], rtol=1e-12)
+    np.testing.assert_allclose(
+        [h for h in two_history(runs, "two")], two_history(runs, "single"), rtol=1e-9
+    )
+    assert two["data"]["samples"] == one["data"]["samples"] == 3001
+    assert two["epochs_run"] == one["epochs_run"] == 40
+    assert two["train"]["mse"] == pytest.approx(one["train"]["mse"], rel=1e-9)
+
+
+def two_history(runs: dict[str, Any], name: str) -> list[float]:
+    lines = (runs["cwd"] / name / "history.csv").read_text().splitlines()[1:]
+    return [float(line.split(",")[1]) for line in lines]
+
+
+def test_only_rank_zero_writes_and_prints(runs: dict[str, Any]) -> None:
+    result = runs["two"]
+    assert result.stdout == ""  # -q: nothing from any rank
+    assert "error:" not in result.stderr
+    files = sorted(p.name for p in (runs["cwd"] / "two").iterdir())
+    assert files == ["config.toml", "history.csv", "metrics.json", "model.safetensors"]
+
+
+def test_memory_mapped_shards_give_the_single_process_result(runs: dict[str, Any]) -> None:
+    expect_exit(runs["file1"], 0)
+    expect_exit(runs["file2"], 0)
+    one, two = metrics(runs["cwd"] / "file1"), metrics(runs["cwd"] / "file2")
+    np.testing.assert_allclose(two["params"]["weight"], one["params"]["weight"], rtol=1e-9)
+    np.testing.assert_allclose(two["ols_params"]["weight"], one["ols_params"]["weight"], rtol=1e-12)
+    assert two["statistics"]["residual_std_err"] == pytest.approx(
+        one["statistics"]["residual_std_err"], rel=1e-10
+    )
+
+
+def test_mini_batches_are_a_deterministic_function_of_seed_and_world(
+    runs: dict[str, Any],
+) -> None:
+    for name in ("batch1", "batch2", "batch2b"):
+        expect_exit(runs[name], 0)
+    one, two = metrics(runs["cwd"] / "batch1"), metrics(runs["cwd"] / "batch2")
+    again = metrics(runs["cwd"] / "batch2b")
+    assert two["params"] == again["params"]  # same seed and world size: the same result
+    assert two["params"] != one["params"]  # another world size: other batches
+    # both fit: blocks of 100 rows per rank (200 a step) versus 100 a step
+    assert two["train"]["r2"] > 0.95 and one["train"]["r2"] > 0.95
+
+
+def test_a_failing_rank_ends_the_job_with_its_error_and_no_hang(runs: dict[str, Any]) -> None:
+    result = runs["bad"]
+    assert result.returncode != 0
+    errors = error_lines(result.stderr)
+    assert any(line.startswith("error: rank 1: ") and "row 901" in line for line in errors), (
+        result.stderr
+    )
+    assert runs["bad_seconds"] < 120  # the other rank did not wait for its collective
+    assert not (runs["cwd"] / "bad" / "metrics.json").exists()
+
+
+def test_shards_are_contiguous_and_cover_every_row() -> None:
+    for size in (1, 2, 3, 5):
+        for n in (2, 7, 1000):
+            ranges = [World(rank=r, size=size).shard(n) for r in range(size)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == n
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+            assert World(size=size).shard_sizes(n) == [b - a for a, b in ranges]
