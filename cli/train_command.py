@@ -183,13 +183,15 @@ def _figure(result: RunResult) -> dict[str, Any]:
     """The figure's data as plain arrays (what plots.figures.FigureData takes)."""
     import numpy as np
 
+    from regression.data import gather
+
     data, rows = result.data, result.figure_rows
     one = data.features == 1
     return {
-        "y": np.asarray(data.y[rows], dtype=np.float64),
+        "y": gather(data.y, rows).astype(np.float64),
         "predicted": result.predicted,
         "train_loss": np.asarray(result.history),
-        "x": np.asarray(data.X[rows, 0], dtype=np.float64) if one else None,
+        "x": gather(data.X, rows)[:, 0].astype(np.float64) if one else None,
         "fitted": (float(result.params.weight[0]), result.params.bias, "fitted (SGD)")
         if one
         else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .data import release
 from .model import Scaling
 
 
@@ -46,8 +47,10 @@ class StreamSource:
         x = (np.asarray(self.X[start:stop], dtype=np.float64) - self.scaling.mean) / (
             self.scaling.scale
         )
-        y = np.asarray(self.y[start:stop], dtype=self.np_dtype).reshape(-1, 1)
-        return self._to_device(x.astype(self.np_dtype)), self._to_device(np.array(y))
+        y = np.array(self.y[start:stop], dtype=self.np_dtype).reshape(-1, 1)
+        release(self.X, start, stop)  # the file's pages go back: memory stays at one block
+        release(self.y, start, stop)
+        return self._to_device(x.astype(self.np_dtype)), self._to_device(y)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -12,6 +15,49 @@ from .distributed import SINGLE, World
 from .errors import DataError
 
 CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes
+
+
+def chunks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float64 copy of the rows) a chunk at a time. For a memory-mapped file the
+    pages of each chunk are given back after it is copied, so a pass over a file of any size
+    holds one chunk in memory (the file stays in the page cache, not in this process)."""
+    size = size or CHUNK_ROWS
+    for start in range(0, array.shape[0], size):
+        stop = min(start + size, array.shape[0])
+        block = np.array(array[start:stop], dtype=np.float64)
+        release(array, start, stop)
+        yield start, block
+
+
+def gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] for sorted ``rows``, a few at a time, giving back the pages of a
+    memory-mapped file after each few (a scattered read faults in far more than the rows)."""
+    parts = []
+    for first in range(0, len(rows), 256):
+        part = rows[first : first + 256]
+        parts.append(np.array(array[part]))
+        if len(part):
+            release(array, int(part[0]), int(part[-1]) + 1)
+    return np.concatenate(parts) if parts else np.array(array[rows])
+
+
+def release(array: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows [start, stop) of a memory-mapped array from this process's memory
+    (madvise MADV_DONTNEED: a later read loads them again from the page cache)."""
+    base: np.ndarray | None = array
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = base.base
+    advise = getattr(mmap, "MADV_DONTNEED", None)
+    if base is None or advise is None or stop <= start or array.strides[0] <= 0:
+        return
+    mapped: mmap.mmap = base._mmap  # type: ignore[attr-defined]
+    origin = base.ctypes.data - getattr(base, "offset", 0) % mmap.ALLOCATIONGRANULARITY
+    first = array.ctypes.data + start * array.strides[0] - origin
+    last = array.ctypes.data + stop * array.strides[0] - origin
+    first -= first % mmap.PAGESIZE
+    if 0 <= first < last <= len(mapped):
+        with contextlib.suppress(OSError, ValueError):
+            mapped.madvise(advise, first, last - first)
 
 
 @dataclass(frozen=True)
@@ -103,10 +149,10 @@ def shard(data: Dataset, world: World) -> Dataset:
 def _digest(data: Dataset) -> str:
     digest = hashlib.sha256()
     digest.update(f"{data.samples}x{data.features};".encode())
-    for start in range(0, data.samples, CHUNK_ROWS):
-        digest.update(np.ascontiguousarray(data.X[start : start + CHUNK_ROWS], dtype="<f8").data)
-    for start in range(0, data.samples, CHUNK_ROWS):
-        digest.update(np.ascontiguousarray(data.y[start : start + CHUNK_ROWS], dtype="<f8").data)
+    for _, block in chunks(data.X):
+        digest.update(block.astype("<f8", copy=False).data)
+    for _, block in chunks(data.y):
+        digest.update(block.astype("<f8", copy=False).data)
     return digest.hexdigest()
 
 
@@ -119,12 +165,12 @@ def column_stats(X: np.ndarray, world: World = SINGLE) -> ColumnStats:
     n = int(world.sum(X.shape[0]))
     shift = first_row(X, world)  # sums of x - shift are exact for a constant column
     total = np.zeros(X.shape[1])
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        total += (np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - shift).sum(axis=0)
+    for _, block in chunks(X):
+        total += (block - shift).sum(axis=0)
     mean = shift + world.sum(total) / n
     squares = np.zeros(X.shape[1])
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - mean
+    for _, block in chunks(X):
+        chunk = block - mean
         squares += np.einsum("ij,ij->j", chunk, chunk)
     std = np.sqrt(world.sum(squares) / n)
     # a column whose spread is at rounding level of its values is constant

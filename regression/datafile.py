@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CHUNK_ROWS, Dataset
+from .data import CHUNK_ROWS, Dataset, chunks
 from .distributed import SINGLE, World
 from .errors import DataError
 
@@ -270,8 +270,7 @@ def _check_finite(
     """Scan in chunks (a memory-mapped file is never loaded whole); report the first bad cell."""
     if array.dtype.kind != "f":
         return
-    for start in range(0, array.shape[0], CHUNK_ROWS):
-        chunk = np.asarray(array[start : start + CHUNK_ROWS])
+    for start, chunk in chunks(array):
         bad = ~np.isfinite(chunk)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import CHUNK_ROWS, column_stats, first_row
+from .data import chunks, column_stats, first_row
 from .distributed import SINGLE, World
 
 
@@ -78,10 +78,10 @@ def least_squares(
     y_mean = float(column_stats(np.asarray(y).reshape(-1, 1), world).mean[0])
     factor = np.zeros((0, d + 1))
     tss = 0.0
-    for start in range(0, local_n, CHUNK_ROWS):
-        block = np.empty((min(CHUNK_ROWS, local_n - start), d + 1))
-        block[:, :d] = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - x_mean
-        block[:, d] = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64) - y_mean
+    for (_, x_rows), (_, y_rows) in zip(chunks(X), chunks(y), strict=True):
+        block = np.empty((len(x_rows), d + 1))
+        block[:, :d] = x_rows - x_mean
+        block[:, d] = y_rows - y_mean
         tss += float(block[:, d] @ block[:, d])
         factor = np.asarray(np.linalg.qr(np.vstack([factor, block]), mode="r"))
     factor = np.vstack([factor, np.zeros((d + 1 - factor.shape[0], d + 1))])  # n <= d
@@ -121,9 +121,7 @@ def linear_fit(
     temporaries, so memory-mapped data stays on disk), over the rows of every rank."""
     shift = float(first_row(np.asarray(y).reshape(-1, 1), world)[0])
     sq = ab = ys = ys2 = 0.0
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        y_chunk = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64)
-        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
+    for (_, chunk), (_, y_chunk) in zip(chunks(X), chunks(y), strict=True):
         residual = y_chunk - (chunk @ weight + bias)
         sq += float(residual @ residual)
         ab += float(np.abs(residual).sum())
@@ -140,8 +138,7 @@ def linear_fit(
 def linear_predict(X: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:
     """X @ weight + bias in float64, a chunk at a time (X may be memory-mapped)."""
     out = np.empty(X.shape[0])
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64)
+    for start, chunk in chunks(X):
         out[start : start + len(chunk)] = chunk @ weight + bias
     return out
 

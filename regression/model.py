@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import CHUNK_ROWS
+from .data import chunks
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,8 @@ def to_training_tensor(
     n, d = X.shape
     out = torch.empty((n, d), dtype=dtype, device=device)
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    for start in range(0, n, CHUNK_ROWS):
-        chunk = (np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - scaling.mean) / (
-            scaling.scale
-        )
+    for start, block in chunks(X):
+        chunk = (block - scaling.mean) / scaling.scale
         out[start : start + len(chunk)] = torch.from_numpy(chunk.astype(np_dtype, copy=False))
     return out
 

@@ -14,7 +14,7 @@ from .artifacts import CHECKPOINT_FILE
 from .batches import Source, StreamSource, TensorSource, max_row_norm2
 from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_toml
-from .data import Dataset, column_stats, fingerprint, shard, split, synthetic
+from .data import Dataset, column_stats, fingerprint, gather, shard, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
 from .distributed import SINGLE, World
@@ -199,7 +199,7 @@ def run_training(
     if val_data is not None:
         val_fit = linear_fit(val_data.X, val_data.y, weight, bias, world)
     figure_rows = _figure_rows(data.samples)
-    figure_inputs = to_training_tensor(X[figure_rows], scaling, device=device, dtype=dtype)
+    figure_inputs = to_training_tensor(gather(X, figure_rows), scaling, device=device, dtype=dtype)
     y_mean_square = ols.tss / ols.samples + ols.y_mean**2
     return RunResult(
         config=config,

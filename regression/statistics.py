@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import IntervalBasis
-from .data import CHUNK_ROWS
+from .data import chunks
 from .metrics import LeastSquares
 
 # Above this condition number of the standardized features (a scale-free measure), the run
@@ -320,10 +320,9 @@ def residual_run(X: np.ndarray, y: np.ndarray, ls: LeastSquares) -> ResidualRun:
     (y - mean y) - (X - mean X) @ w, which keeps their digits when the intercept is large
     (Longley's is -3.5e6 for residuals of about 300)."""
     runs = []
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        chunk = np.array(X[start : start + CHUNK_ROWS], dtype=np.float64)  # a copy: centered
-        chunk -= ls.x_mean  # in place
-        e = np.asarray(y[start : start + CHUNK_ROWS], dtype=np.float64) - ls.y_mean
+    for (_, chunk), (_, y_rows) in zip(chunks(X), chunks(y), strict=True):
+        chunk -= ls.x_mean  # in place: chunks are copies
+        e = y_rows - ls.y_mean
         e -= chunk @ ls.weight
         steps = np.diff(e)
         runs.append(
@@ -381,8 +380,8 @@ def prediction_intervals(
 
     n = X.shape[0]
     leverage = np.empty(n)
-    for start in range(0, n, CHUNK_ROWS):
-        chunk = np.asarray(X[start : start + CHUNK_ROWS], dtype=np.float64) - basis.x_mean
+    for start, block in chunks(X):
+        chunk = block - basis.x_mean
         if basis.r.shape[0]:
             u = linalg.solve_triangular(basis.r, chunk.T, trans="T", lower=False)
             leverage[start : start + len(chunk)] = np.sum(u * u, axis=0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import regression.data
 import regression.datafile
 from regression.artifacts import ModelFile, load_model, model_bytes, save_model
 from regression.data import Dataset, split
@@ -326,7 +327,7 @@ def test_npy_nan_far_down_is_found_with_its_row_number(
 ) -> None:
     """The scan goes a chunk at a time (the file is never loaded whole); the reported row is
     the row in the file, not in the chunk."""
-    monkeypatch.setattr(regression.datafile, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", 4)
     array = np.ones((11, 2), dtype=np.float32)
     array[9, 0] = np.nan
     path = tmp_path / "data.npy"

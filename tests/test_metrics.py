@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import regression.data
 import regression.metrics
 from regression.data import column_stats
 from regression.metrics import fit_metrics, least_squares, optimality_gap
@@ -100,7 +101,7 @@ def test_chunked_least_squares_equals_unchunked(
     X = rng.normal(10.0, 2.0, size=(301, 4))
     y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + rng.normal(size=301)
     whole = least_squares(X, y)
-    monkeypatch.setattr(regression.metrics, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", chunk)
     chunked = least_squares(X, y)
     np.testing.assert_allclose(chunked.weight, whole.weight, rtol=1e-12)
     assert chunked.bias == pytest.approx(whole.bias, rel=1e-12, abs=0)
@@ -117,7 +118,7 @@ def test_chunked_least_squares_accepts_float32_memmap(
     y = (X @ np.array([2.0, -1.0], dtype=np.float32) + 0.5).astype(np.float32)
     np.save(tmp_path / "X.npy", X)
     mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
-    monkeypatch.setattr(regression.metrics, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", 64)
     ls = least_squares(mapped, y)
     weight, bias, _ = lstsq_with_intercept(X.astype(np.float64), y.astype(np.float64))
     np.testing.assert_allclose(ls.weight, weight, rtol=1e-10)
@@ -241,7 +242,7 @@ def test_longley_certified_coefficients() -> None:
 
 def test_longley_certified_coefficients_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     X, y = load("longley")
-    monkeypatch.setattr(regression.metrics, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", 3)
     ls = least_squares(X, y)
     np.testing.assert_allclose([ls.bias, *ls.weight], LONGLEY_B, rtol=CERTIFIED_RTOL)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from regression import statistics as statistics_module
+import regression.data
 from regression.metrics import least_squares
 from regression.statistics import (
     COLLINEARITY_THRESHOLD,
@@ -325,7 +325,7 @@ def durbin_watson_of(residual: np.ndarray) -> float:
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 7, 1 << 16])
 def test_durbin_watson_streamed_in_chunks(chunk_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(statistics_module, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", chunk_rows)
     X, y = load("longley")
     run = residual_run(X, y, least_squares(X, y))
     assert run.durbin_watson == pytest.approx(durbin_watson_of(ols_residuals(X, y)), rel=1e-9)
@@ -416,7 +416,7 @@ def test_prediction_intervals_by_the_textbook_formula(
 ) -> None:
     """se(mean) = sigma sqrt(a' (A'A)^-1 a) with a = [1, x] and A the design: the same
     quantity as the centered form the code uses, computed the plain way."""
-    monkeypatch.setattr(statistics_module, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(regression.data, "CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(12)
     X = rng.normal(size=(40, 3)) + np.array([2.0, 0.0, -1.0])
     y = X @ [0.5, -1.0, 2.0] + 1.0 + rng.normal(size=40)
