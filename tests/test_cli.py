@@ -34,6 +34,7 @@ from conftest import (
     error_lines,
     expect_exit,
     hidden_files,
+    options,
     run_concurrently,
     run_linreg,
     start_linreg,
@@ -145,21 +146,6 @@ class Run:
     def ok(self) -> Run:
         expect_exit(self.result, 0)
         return self
-
-
-def options(**values: Any) -> list[str]:
-    """Command-line arguments from keyword options: lists repeat, True is a bare flag."""
-    args: list[str] = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                args += [flag, str(item)]
-        else:
-            args += [flag, str(value)]
-    return args
 
 
 def train_job(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from certified import LONGLEY_B, NORRIS_B
 from conftest import (
     assert_one_error,
     assert_plain,
@@ -34,6 +35,7 @@ from conftest import (
     describe,
     expect_exit,
     hidden_files,
+    options,
     run_concurrently,
     run_linreg,
 )
@@ -47,17 +49,6 @@ DATA = Path(__file__).resolve().parent / "data"
 NORRIS = DATA / "norris.csv"
 LONGLEY = DATA / "longley.csv"
 
-# NIST StRD certified values (https://www.itl.nist.gov/div898/strd/lls/lls.shtml)
-NORRIS_B = (-0.262323073774029, 1.00211681802045)  # B0 (intercept), B1
-LONGLEY_B = (
-    -3482258.63459582,
-    15.0618722713733,
-    -0.358191792925910e-01,
-    -2.02022980381683,
-    -1.03322686717359,
-    -0.511041056535807e-01,
-    1829.15146461355,
-)
 CERTIFIED_DIGITS = 9  # the StRD asks good software for at least 9 significant digits
 
 # the synthetic data of the generate -> train tests
@@ -69,21 +60,6 @@ SYN = {
     "noise": 0.1,
     "seed": 7,
 }
-
-
-def options(**values: Any) -> list[str]:
-    """Command-line arguments from keyword options: lists repeat, True is a bare flag."""
-    args: list[str] = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                args += [flag, str(item)]
-        else:
-            args += [flag, str(value)]
-    return args
 
 
 def syn_config(**changes: Any) -> TrainConfig:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from certified import LONGLEY_B, NORRIS_B, NORRIS_RSS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,18 +18,6 @@ from regression.metrics import fit_metrics, least_squares, optimality_gap
 
 DATA = Path(__file__).parent / "data"
 
-# NIST StRD certified values (https://www.itl.nist.gov/div898/strd/lls/lls.shtml)
-NORRIS_B = (-0.262323073774029, 1.00211681802045)  # intercept, slope
-NORRIS_RSS = 26.6173985294224
-LONGLEY_B = (
-    -3482258.63459582,
-    15.0618722713733,
-    -0.358191792925910e-01,
-    -2.02022980381683,
-    -1.03322686717359,
-    -0.511041056535807e-01,
-    1829.15146461355,
-)
 LONGLEY_RSS = 836424.055505915
 CERTIFIED_RTOL = 1e-9  # at least 9 significant digits, as the StRD asks of good software
 

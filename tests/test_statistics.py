@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from certified import LONGLEY_B
 from scipy import stats as sps
 
 import regression.data
@@ -38,15 +39,7 @@ NORRIS = {
     "f": 5436385.54079785,
 }
 LONGLEY = {
-    "estimates": [
-        -3482258.63459582,
-        15.0618722713733,
-        -0.358191792925910e-01,
-        -2.02022980381683,
-        -1.03322686717359,
-        -0.511041056535807e-01,
-        1829.15146461355,
-    ],
+    "estimates": list(LONGLEY_B),
     "std_errs": [
         890420.383607373,
         84.9149257747669,
