@@ -69,6 +69,7 @@ class Dataset:
     feature_names: tuple[str, ...]
     target_name: str
     source: str  # "synthetic" or the file's path
+    sharded: bool = False  # holds only this rank's rows already (under torchrun)
 
     @property
     def samples(self) -> int:
@@ -140,7 +141,7 @@ def fingerprint(data: Dataset, world: World = SINGLE) -> str:
 
 def shard(data: Dataset, world: World) -> Dataset:
     """This rank's contiguous rows (views, no copy)."""
-    if not world.distributed:
+    if not world.distributed or data.sharded:
         return data
     first, last = world.shard(data.samples)
     return replace(data, X=data.X[first:last], y=data.y[first:last])

@@ -36,6 +36,7 @@ class Table:
     names: tuple[str, ...] | None
     X: np.ndarray | None = None
     y: np.ndarray | None = None
+    sharded: bool = False  # holds only this rank's rows (a CSV read by byte range)
 
     @property
     def columns(self) -> int:
@@ -74,7 +75,7 @@ def read_table(
         raise DataError(f"{path}: is a directory, not a data file")
     try:
         if suffix in (".csv", ".tsv"):
-            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
+            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",", shard)
         elif suffix == ".npy":
             table = _read_npy(path, shard)
         elif suffix == ".npz":
@@ -85,49 +86,86 @@ def read_table(
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if table.rows < min_rows:
+    if table.rows < min_rows and not table.sharded:
         raise DataError(f"{path}: has {table.rows} data row(s); at least {min_rows} are needed")
     return table
 
 
-def _read_delimited(path: Path, delimiter: str) -> Table:
+def _read_delimited(
+    path: Path, delimiter: str, shard: Callable[[int], tuple[int, int]] | None = None
+) -> Table:
     """CSV/TSV with quoted fields, blank lines skipped, a header row detected.
 
     The first non-blank row is a header when none of its cells is a number. Every other
-    cell must be a finite number; errors give the line and column (1-based).
+    cell must be a finite number; errors give the line and column (1-based). With ``shard``
+    (under torchrun) only this rank's byte range of the file is parsed: the lines that
+    start in it (a quoted field must then not span lines).
     """
     rows: list[list[float]] = []
     names: tuple[str, ...] | None = None
     width = 0
+    first_line = 1
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
-            for cells in reader:
-                if not cells or all(not cell.strip() for cell in cells):
+        if shard is None:
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                text = handle.read()
+        else:
+            header, text, first_line = _byte_shard(path, shard)
+            cells = next(csv.reader([header], delimiter=delimiter), [])
+            width = len(cells)
+            if cells and not any(_is_number(cell) for cell in cells):
+                names = tuple(cell.strip() for cell in cells)
+                _check_names(path, names)
+        reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+        for cells in reader:
+            if not cells or all(not cell.strip() for cell in cells):
+                continue
+            line = first_line + reader.line_num - 1
+            if width == 0 or (line == 1 and names is not None):
+                width = len(cells)
+                if not any(_is_number(cell) for cell in cells):
+                    names = tuple(cell.strip() for cell in cells)
+                    _check_names(path, names)
                     continue
-                line = reader.line_num
-                if width == 0:
-                    width = len(cells)
-                    if not any(_is_number(cell) for cell in cells):
-                        names = tuple(cell.strip() for cell in cells)
-                        _check_names(path, names)
-                        continue
-                if len(cells) != width:
-                    raise DataError(
-                        f"{path} line {line}: {len(cells)} fields, expected {width} (ragged rows)"
-                    )
-                rows.append(
-                    [_number(path, line, col, cell, names) for col, cell in enumerate(cells)]
+            if len(cells) != width:
+                raise DataError(
+                    f"{path} line {line}: {len(cells)} fields, expected {width} (ragged rows)"
                 )
+            rows.append([_number(path, line, col, cell, names) for col, cell in enumerate(cells)])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a text file ({exc.reason})") from exc
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV: {exc}") from exc
     if width == 0:
         raise DataError(f"{path}: the file is empty")
-    if not rows:
+    if not rows and shard is None:
         raise DataError(f"{path}: has a header but no data rows")
-    return Table(path=path, values=np.array(rows, dtype=np.float64), names=names)
+    values = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    return Table(path=path, values=values, names=names, sharded=shard is not None)
+
+
+def _byte_shard(path: Path, shard: Callable[[int], tuple[int, int]]) -> tuple[str, str, int]:
+    """The file's first line, the text of the lines that start in this rank's share of the
+    bytes, and the line number of the first of those."""
+    size = path.stat().st_size
+    start, end = shard(size)
+    with path.open("rb") as handle:
+        header = handle.readline().decode("utf-8-sig")
+        if start == 0:
+            position = 0
+        else:
+            handle.seek(start - 1)
+            handle.readline()  # the line under way at `start` belongs to the rank before
+            position = handle.tell()
+        handle.seek(0)
+        line = 1
+        for _ in range(0, position, 1 << 20):  # count the lines before, for error messages
+            line += handle.read(min(1 << 20, position - handle.tell())).count(b"\n")
+        handle.seek(position)
+        data = handle.read(max(0, end - position)) if position < end else b""
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()  # the last line starts in this share: finish it
+    return header, data.decode("utf-8-sig" if position == 0 else "utf-8"), line
 
 
 def _is_number(cell: str) -> bool:
@@ -307,7 +345,12 @@ def select_target(table: Table, target: str | None) -> Dataset:
         feature_names = tuple(f"x{j + 1}" for j in range(len(keep)))
     target_name = names[index] if table.names is not None else "y"
     return Dataset(
-        X=X, y=y, feature_names=feature_names, target_name=target_name, source=str(table.path)
+        X=X,
+        y=y,
+        feature_names=feature_names,
+        target_name=target_name,
+        source=str(table.path),
+        sharded=table.sharded,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -14,10 +15,27 @@ import numpy as np
 import pytest
 from conftest import clean_env, error_lines, expect_exit, run_concurrently, run_linreg
 
+from regression.datafile import read_table
 from regression.distributed import World
+from regression.errors import DataError
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TIMEOUT_S = 240.0
+
+
+def torchrun_command(*args: str | Path, nproc: int = 2) -> list[str]:
+    return [
+        str(TORCHRUN),
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        "-m",
+        "cli",
+        *map(str, args),
+    ]
 
 
 def torchrun(*args: str | Path, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
@@ -69,7 +87,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     broken = np.load(data)
     broken[900, 1] = np.nan  # in rank 1's half only
     np.save(bad, broken)
+    table = cwd / "data.csv"
+    rows = np.load(data).tolist()
+    table.write_text("a,b,c,y\n" + "".join(",".join(map(repr, row)) + "\n" for row in rows))
+    csv_args = ["--data", table, "--dtype", "float64", "--no-plot", "-q"]
     jobs = {
+        "csv1": lambda: run_linreg("train", *csv_args, "--out", cwd / "csv1", cwd=cwd),
+        "csv2": lambda: torchrun("train", *csv_args, "--out", cwd / "csv2", cwd=cwd),
         "single": lambda: run_linreg("train", *FULL, "--out", cwd / "single", cwd=cwd),
         "two": lambda: torchrun("train", *FULL, "--out", cwd / "two", cwd=cwd),
         "batch1": lambda: run_linreg("train", *BATCH, "--out", cwd / "batch1", cwd=cwd),
@@ -160,3 +184,70 @@ def test_shards_are_contiguous_and_cover_every_row() -> None:
             assert ranges[0][0] == 0 and ranges[-1][1] == n
             assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
             assert World(size=size).shard_sizes(n) == [b - a for a, b in ranges]
+
+
+def test_csv_shards_by_byte_range_give_the_single_process_result(runs: dict[str, Any]) -> None:
+    expect_exit(runs["csv1"], 0)
+    expect_exit(runs["csv2"], 0)
+    one, two = metrics(runs["cwd"] / "csv1"), metrics(runs["cwd"] / "csv2")
+    assert two["data"]["feature_names"] == ["a", "b", "c"] and two["data"]["samples"] == 1001
+    np.testing.assert_allclose(two["params"]["weight"], one["params"]["weight"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_csv_byte_shards_partition_the_rows(
+    tmp_path: Path, header: bool, trailing_newline: bool
+) -> None:
+    rows = np.random.default_rng(1).normal(size=(101, 3)).tolist()
+    text = "\n".join(",".join(map(repr, row)) for row in rows)
+    path = tmp_path / "t.csv"
+    path.write_text(("a,b,c\n" if header else "") + text + ("\n" if trailing_newline else ""))
+    whole = read_table(path)
+    for size in (2, 3, 7, 60):
+        parts = [read_table(path, shard=World(rank=r, size=size).shard) for r in range(size)]
+        assert all(part.names == whole.names and part.sharded for part in parts)
+        stacked = np.vstack([part.values for part in parts if part.values.size])
+        np.testing.assert_array_equal(stacked, whole.values)
+
+
+def test_a_csv_error_in_a_later_shard_names_the_line_in_the_file(tmp_path: Path) -> None:
+    lines = ["a,b"] + [f"{i},{2 * i}" for i in range(100)]
+    lines[80] = "80,oops"
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 81, column 2 \(b\): 'oops' is not a number"):
+        read_table(path, shard=World(rank=1, size=2).shard)
+    read_table(path, shard=World(rank=0, size=2).shard)  # rank 0's rows are fine
+
+
+def test_an_interrupted_torchrun_job_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    args = ["train", "--samples", "40000", "--features", "4", "--batch-size", "500"]
+    args += ["--epochs", "60", "--tol", "0", "--no-plot", "--checkpoint-every", "2"]
+    expect_exit(torchrun(*args, "-q", "--out", tmp_path / "whole", cwd=tmp_path), 0)
+    env = clean_env({"OMP_NUM_THREADS": "1", "LINREG_DIST_TIMEOUT": "60"})
+    process = subprocess.Popen(
+        torchrun_command(*args, "--out", tmp_path / "cut"),
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:  # rank 0's plain progress: 1, 2, 4, 8 ...
+        if line.startswith("epoch 8/"):
+            break
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    _, stderr = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode != 0
+    assert "checkpoint of epoch" in stderr and "--resume" in stderr, stderr
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = torchrun("train", "--resume", tmp_path / "cut", "-q", "--no-plot", cwd=tmp_path)
+    expect_exit(resumed, 0)
+    whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == whole
+    assert (tmp_path / "cut" / "history.csv").read_text() == (
+        tmp_path / "whole" / "history.csv"
+    ).read_text()
