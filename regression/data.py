@@ -24,7 +24,7 @@ def chunks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np
     size = size or CHUNK_ROWS
     for start in range(0, array.shape[0], size):
         stop = min(start + size, array.shape[0])
-        block = np.array(array[start:stop], dtype=np.float64)
+        block = np.array(array[start:stop], dtype=np.float64, order="C")
         release(array, start, stop)
         yield start, block
 

@@ -154,7 +154,7 @@ def run_training(
     )
     _check_representable(config, dtype)
     source = _source(X, y, scaling, config=config, device=device, dtype=dtype)
-    lr, momentum = _auto_step(config, source, ols, scaling)
+    lr, momentum = _auto_step(config, source, ols, scaling, world)
     val = None
     if val_data is not None:
         val = (
@@ -297,7 +297,7 @@ def _predict(model: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
 
 
 def _auto_step(
-    config: TrainConfig, source: Source, ols: LeastSquares, scaling: Scaling
+    config: TrainConfig, source: Source, ols: LeastSquares, scaling: Scaling, world: World
 ) -> tuple[float, float]:
     """The step size and momentum: as given, or derived from the curvature of the loss.
 
@@ -311,7 +311,9 @@ def _auto_step(
     if config.lr is not None:
         return config.lr, config.momentum or 0.0
     if 0 < config.batch_size < n:
-        lr = curvature.minibatch_lr(n, config.batch_size, max_row_norm2(source))
+        # the largest row over every rank: all ranks must take the same step
+        largest = max(float(part[0]) for part in world.gather(np.array([max_row_norm2(source)])))
+        lr = curvature.minibatch_lr(n, config.batch_size, largest)
         return lr, config.momentum or 0.0
     if config.momentum is None:
         return curvature.heavy_ball()

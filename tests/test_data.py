@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 import regression.data
 from regression.config import TrainConfig
-from regression.data import column_stats, synthetic
+from regression.data import Dataset, column_stats, fingerprint, synthetic
 
 PATCHED = [HealthCheck.function_scoped_fixture]
 
@@ -212,3 +212,12 @@ def test_column_stats_accepts_float32_and_returns_float64() -> None:
     X64 = X.astype(np.float64)
     np.testing.assert_allclose(stats.mean, X64.mean(axis=0), rtol=1e-13)
     np.testing.assert_allclose(stats.std, X64.std(axis=0), rtol=1e-10)
+
+
+def test_fingerprint_does_not_depend_on_the_memory_layout() -> None:
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(300, 3)), rng.normal(size=300)
+    c_order = Dataset(X=X, y=y, feature_names=("a", "b", "c"), target_name="y", source="m")
+    fortran = dataclasses.replace(c_order, X=np.asfortranarray(X))
+    strided = dataclasses.replace(c_order, y=np.column_stack([y, y])[:, 0])
+    assert fingerprint(c_order) == fingerprint(fortran) == fingerprint(strided)
