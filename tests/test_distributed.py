@@ -23,6 +23,11 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 TIMEOUT_S = 240.0
 
 
+def torchrun_env() -> dict[str, str]:
+    """One thread per rank, and collectives that give up after a minute."""
+    return clean_env({"OMP_NUM_THREADS": "1", "LINREG_DIST_TIMEOUT": "60"})
+
+
 def torchrun_command(*args: str | Path, nproc: int = 2) -> list[str]:
     return [
         str(TORCHRUN),
@@ -40,19 +45,8 @@ def torchrun_command(*args: str | Path, nproc: int = 2) -> list[str]:
 
 def torchrun(*args: str | Path, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
     """``torchrun --nproc-per-node N -m cli ...`` on a free port, stdin closed."""
-    command = [
-        str(TORCHRUN),
-        "--nproc-per-node",
-        str(nproc),
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        "localhost:0",
-        "-m",
-        "cli",
-        *map(str, args),
-    ]
-    env = clean_env({"OMP_NUM_THREADS": "1", "LINREG_DIST_TIMEOUT": "60"})
+    command = torchrun_command(*args, nproc=nproc)
+    env = torchrun_env()
     return subprocess.run(
         command,
         cwd=cwd,
@@ -225,7 +219,7 @@ def test_an_interrupted_torchrun_job_resumes_to_the_uninterrupted_result(tmp_pat
     args = ["train", "--samples", "40000", "--features", "4", "--batch-size", "500"]
     args += ["--epochs", "60", "--tol", "0", "--no-plot", "--checkpoint-every", "2"]
     expect_exit(torchrun(*args, "-q", "--out", tmp_path / "whole", cwd=tmp_path), 0)
-    env = clean_env({"OMP_NUM_THREADS": "1", "LINREG_DIST_TIMEOUT": "60"})
+    env = torchrun_env()
     process = subprocess.Popen(
         torchrun_command(*args, "--out", tmp_path / "cut"),
         cwd=tmp_path,
