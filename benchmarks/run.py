@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import accuracy
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         repo=REPO,
         long_s=QUICK_LONG_REPETITION_S if args.quick else LONG_REPETITION_S,
     )
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = load_average()
     start = time.perf_counter()
     sections: list[Section] = []

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -50,7 +50,7 @@ class LogFile:
         self.handle = path.open("a", encoding="utf-8")
 
     def write(self, line: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.handle.write(f"{stamp} {line}\n")
         self.handle.flush()
 

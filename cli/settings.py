@@ -8,11 +8,11 @@ or underscores), then the default.
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import typer
 
 from regression.config import to_toml

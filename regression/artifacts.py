@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -167,7 +167,7 @@ def prepare_run_dir(
 
 
 def _new_run_dir(root: Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     _make_dirs(root)
     for attempt in range(1, 1000):
         candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")

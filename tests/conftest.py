@@ -4,6 +4,7 @@ subprocess, as a user's shell or cron would, and fail loudly when the exit code 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import subprocess
@@ -11,8 +12,10 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Self
 
 import pytest
 
@@ -218,3 +221,28 @@ def options(**values: Any) -> list[str]:
         else:
             args += [flag, str(value)]
     return args
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard defines it: NaN and Infinity are refused."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """One finished ``linreg train``: its process and its run directory."""
+
+    result: subprocess.CompletedProcess[str]
+    out: Path
+
+    def ok(self) -> Self:
+        expect_exit(self.result, 0)
+        return self
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        return dict(strict_json((self.out / "metrics.json").read_text()))

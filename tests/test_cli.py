@@ -16,8 +16,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 from conftest import (
     Entry,
+    TrainRun,
     assert_one_error,
     assert_plain,
     clean_env,
@@ -38,6 +38,7 @@ from conftest import (
     run_concurrently,
     run_linreg,
     start_linreg,
+    strict_json,
 )
 
 from regression import __version__
@@ -80,15 +81,6 @@ RUN_NAME = re.compile(r"\d{8}T\d{6}Z(-\d+)?")
 # -- reading what a run wrote -------------------------------------------------------------------
 
 
-def strict_json(text: str) -> Any:
-    """JSON as the standard defines it: NaN and Infinity are refused."""
-
-    def refuse(constant: str) -> None:
-        raise ValueError(f"non-standard JSON constant {constant}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 def read_toml(path_or_text: Path | str) -> dict[str, Any]:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     text = path_or_text.read_text() if isinstance(path_or_text, Path) else path_or_text
@@ -117,17 +109,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]
     return metadata, tensors
 
 
-@dataclass(frozen=True)
-class Run:
-    """One finished ``linreg train``: its process and its run directory."""
-
-    result: subprocess.CompletedProcess[str]
-    out: Path
-
-    @cached_property
-    def metrics(self) -> dict[str, Any]:
-        return dict(strict_json((self.out / "metrics.json").read_text()))
-
+class Run(TrainRun):
     @cached_property
     def history(self) -> list[float]:
         return [row[1] for row in read_history(self.out / "history.csv")[1]]
@@ -142,10 +124,6 @@ class Run:
 
     def files(self) -> set[str]:
         return {path.name for path in self.out.iterdir()}
-
-    def ok(self) -> Run:
-        expect_exit(self.result, 0)
-        return self
 
 
 def train_job(
@@ -908,10 +886,10 @@ def test_default_runs_get_new_utc_directories(failures: dict[str, Any]) -> None:
     made = sorted(path.name for path in runs_dir.iterdir())
     assert len(made) == 2, made  # two runs, even started in the same second
     assert set(os.listdir(failures["defaults"])) == {"runs"}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name in made:
         assert RUN_NAME.fullmatch(name), name
-        stamp = datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+        stamp = datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         assert now - timedelta(minutes=10) < stamp <= now
         assert (runs_dir / name / "metrics.json").exists()
     named = {name for name in made if name in first.stdout} | {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import sys
+import tomllib
 from typing import Any
 
 import pytest
@@ -12,11 +12,6 @@ from hypothesis import strategies as st
 
 from regression.config import TrainConfig, field_names, parse_lr, parse_momentum, to_toml
 from regression.errors import ConfigError, RegressionError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the package supports 3.10, whose standard library has no TOML reader
-    tomllib = pytest.importorskip("tomli")
 
 # (field, bad value, the rule the error must state)
 INVALID = [

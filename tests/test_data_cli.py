@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from certified import LONGLEY_B, NORRIS_B
 from conftest import (
+    TrainRun,
     assert_one_error,
     assert_plain,
     clean_env,
@@ -83,21 +84,7 @@ def csv_column(text: str, name: str) -> np.ndarray:
     return np.array([float(row[name]) for row in rows])
 
 
-@dataclass(frozen=True)
-class Run:
-    """One finished ``linreg train``: its process and its run directory."""
-
-    result: subprocess.CompletedProcess[str]
-    out: Path
-
-    def ok(self) -> Run:
-        expect_exit(self.result, 0)
-        return self
-
-    @cached_property
-    def metrics(self) -> dict[str, Any]:
-        return dict(json.loads((self.out / "metrics.json").read_text()))
-
+class Run(TrainRun):
     @cached_property
     def history(self) -> list[dict[str, str]]:
         return list(csv.DictReader(io.StringIO((self.out / "history.csv").read_text())))

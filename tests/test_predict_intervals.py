@@ -9,15 +9,22 @@ import io
 import itertools
 import json
 import subprocess
-from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import statsmodels.api as sm
-from conftest import assert_one_error, assert_plain, expect_exit, run_concurrently, run_linreg
+from conftest import (
+    TrainRun,
+    assert_one_error,
+    assert_plain,
+    expect_exit,
+    run_concurrently,
+    run_linreg,
+)
 from scipy import stats as sps
 from sklearn.datasets import load_diabetes
 
@@ -32,22 +39,10 @@ RTOL = 1e-8
 COLUMNS = ["prediction", "mean_lower", "mean_upper", "lower", "upper"]
 
 
-@dataclass
-class Run:
-    result: subprocess.CompletedProcess[str]
-    out: Path
-
-    def ok(self) -> Run:
-        expect_exit(self.result, 0)
-        return self
-
+class Run(TrainRun):
     @property
     def model(self) -> Path:
         return self.out / "model.safetensors"
-
-    @cached_property
-    def metrics(self) -> dict[str, Any]:
-        return dict(json.loads((self.out / "metrics.json").read_text()))
 
 
 def read_columns(text: str) -> dict[str, np.ndarray]:

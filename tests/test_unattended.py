@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from conftest import (
     TIMEOUT_S,
@@ -820,32 +820,29 @@ except Interrupted as exc:
 """
 
 
-@posix_only
-def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", SECOND_SIGNAL],
-        cwd=tmp_path,
+def run_script(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -c script`` in a clean environment, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
         env=clean_env(),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@posix_only
+def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
+    result = run_script(SECOND_SIGNAL, tmp_path)
     assert result.returncode == -signal.SIGINT, describe(result)
     assert result.stdout == "stop requested: SIGTERM True\n"
 
 
 @posix_only
 def test_a_signal_outside_the_training_loop_interrupts_at_once(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", OUTSIDE_THE_LOOP],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_script(OUTSIDE_THE_LOOP, tmp_path)
     expect_exit(result, 0)
     assert result.stdout == "143 interrupted by SIGTERM; no results were written\n"
 
