@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .distributed import SINGLE, World
 from .errors import DivergedError, TrainingStopped
 from .model import build_model
+from .optim import sgd, step
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def train(
     if world.distributed:
         ids = [source.device.index] if source.device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = torch.optim.SGD(
+    optimizer = sgd(
         [
             {"params": [model.weight], "weight_decay": config.weight_decay},
             {"params": [model.bias], "weight_decay": 0.0},
@@ -123,6 +124,7 @@ def train(
         momentum=momentum if momentum is not None else (config.momentum or 0.0),
     )
     loss_fn = torch.nn.MSELoss(reduction="sum")  # divided by N: the mean over the epoch
+    params = [model.weight, model.bias]
     full_batch = config.batch_size == 0 or config.batch_size >= max(sizes)
     blocks = _blocks(source, n if full_batch else config.batch_size)
     steps = len(blocks) if full_batch else -(-max(sizes) // config.batch_size)
@@ -153,13 +155,19 @@ def train(
             total += graphed.loss
         elif full_batch:
             optimizer.zero_grad(set_to_none=True)
+            losses = []
             for k, (first, last) in enumerate(blocks):  # slices of one batch: gradients add up
                 X_rows, y_rows = source.rows(first, last)
                 with _sync_if(net, k + 1 == len(blocks)):
-                    loss = loss_fn(net(X_rows), y_rows) / total_n
-                    (loss * scale).backward()
-                total += loss.detach()
-            optimizer.step()
+                    loss = loss_fn(net(X_rows), y_rows)
+                    loss.backward()
+                losses.append(loss.detach())
+            # the sums of squares become the mean over the rows of every rank, once an epoch
+            with torch.no_grad():
+                for param in params:
+                    param.grad.mul_(scale / total_n)  # type: ignore[union-attr]
+            total += (torch.stack(losses) / total_n).sum(dtype=torch.float64)
+            step(optimizer)
         else:
             order = torch.randperm(steps, generator=shuffle).tolist()
             for k, index in enumerate(order):
@@ -168,7 +176,7 @@ def train(
                 loss = loss_fn(net(X_rows), y_rows)
                 optimizer.zero_grad(set_to_none=True)
                 (loss * (scale / step_rows[index])).backward()
-                optimizer.step()
+                step(optimizer)
                 total += loss.detach() / total_n
                 if not world.distributed and k + 1 < steps and should_stop and should_stop():
                     _stop(state, checkpointer)  # mid-epoch: back to the epoch's start
@@ -260,7 +268,7 @@ def _capture_step(
             for _ in range(3):
                 optimizer.zero_grad(set_to_none=False)
                 (loss_fn(model(X), y) / n).backward()
-                optimizer.step()
+                step(optimizer)
         torch.cuda.current_stream(X.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         optimizer.zero_grad(set_to_none=False)
@@ -268,7 +276,7 @@ def _capture_step(
             optimizer.zero_grad(set_to_none=False)
             loss = loss_fn(model(X), y) / n
             loss.backward()
-            optimizer.step()
+            step(optimizer)
     except RuntimeError:
         graph = None
     with torch.no_grad():
