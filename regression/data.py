@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import mmap
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -128,15 +130,53 @@ class ColumnStats:
         return np.where(self.std > 0, self.std, 1.0)
 
 
-def fingerprint(data: Dataset, world: World = SINGLE) -> str:
+def fingerprint(data: Dataset, world: World = SINGLE, *, local: str | None = None) -> str:
     """SHA-256 of the numbers a run trains on: X then y, as float64 little-endian, a chunk at
     a time. The same values give the same digest whatever the file format or dtype. Under
-    torchrun it is the SHA-256 of the ranks' digests of their shards, in rank order."""
-    local = _digest(data)
+    torchrun it is the SHA-256 of the ranks' digests of their shards, in rank order.
+    ``local`` is this rank's digest if already computed (``BackgroundDigest``)."""
+    if local is None:
+        local = digest(data)
     if not world.distributed:
         return local
     parts = world.gather(np.frombuffer(bytes.fromhex(local), dtype=np.uint8).astype(np.float64))
     return hashlib.sha256(b"".join(part.astype(np.uint8).tobytes() for part in parts)).hexdigest()
+
+
+def digest(data: Dataset) -> str:
+    """This process's part of ``fingerprint``: the SHA-256 of its rows."""
+    hasher = hashlib.sha256()
+    hasher.update(f"{data.samples}x{data.features};".encode())
+    for _, block in chunks(data.X):
+        hasher.update(block.astype("<f8", copy=False).data)
+    for _, block in chunks(data.y):
+        hasher.update(block.astype("<f8", copy=False).data)
+    return hasher.hexdigest()
+
+
+class BackgroundDigest:
+    """``digest(data)`` computed by a thread while the caller goes on: hashlib and NumPy's
+    casts and copies release the GIL, so on a second core the hashing costs no wall time.
+    ``result`` waits for it and raises what the thread raised."""
+
+    def __init__(self, data: Dataset) -> None:
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(data,), daemon=True)
+        self._thread.start()
+
+    def _run(self, data: Dataset) -> None:
+        try:
+            self._value = digest(data)
+        except BaseException as error:  # handed to the caller of result()
+            self._error = error
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def shard(data: Dataset, world: World) -> Dataset:
@@ -147,36 +187,87 @@ def shard(data: Dataset, world: World) -> Dataset:
     return replace(data, X=data.X[first:last], y=data.y[first:last])
 
 
-def _digest(data: Dataset) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"{data.samples}x{data.features};".encode())
-    for _, block in chunks(data.X):
-        digest.update(block.astype("<f8", copy=False).data)
-    for _, block in chunks(data.y):
-        digest.update(block.astype("<f8", copy=False).data)
-    return digest.hexdigest()
-
-
 def column_stats(X: np.ndarray, world: World = SINGLE) -> ColumnStats:
-    """Mean and std in float64, one chunk at a time, over the rows of every rank.
+    """Mean and std in float64, one chunk at a time, over the rows of every rank."""
+    return moments(X, world=world).column_stats(X.shape[1])
 
-    Two passes: the mean, then the mean squared deviation from it (exact for a constant
-    column, and summed across ranks as it goes).
+
+@dataclass(frozen=True)
+class Moments:
+    """The count, the float64 means and the centered cross-product (Gram) matrix of some
+    columns: ``gram = sum over rows of (a - mean)(a - mean)'``."""
+
+    samples: int
+    mean: np.ndarray
+    gram: np.ndarray
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both row sets together (Chan, Golub and LeVeque's pairwise update:
+        no sums of raw squares, so no cancellation)."""
+        n = self.samples + other.samples
+        if not self.samples or not other.samples:
+            return other if not self.samples else self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.samples / n)
+        gram = self.gram + other.gram + np.outer(delta, delta) * (self.samples * other.samples / n)
+        return Moments(samples=n, mean=mean, gram=gram)
+
+    def column_stats(self, columns: int) -> ColumnStats:
+        """Mean and population std of the first ``columns`` columns."""
+        mean = self.mean[:columns]
+        std = np.sqrt(np.maximum(np.diag(self.gram)[:columns], 0.0) / max(self.samples, 1))
+        # a column whose spread is at rounding level of its values is constant
+        std[std <= 1e-12 * np.maximum(np.abs(mean), 1e-300)] = 0.0
+        return ColumnStats(mean=mean, std=std)
+
+    def as_array(self) -> np.ndarray:
+        return np.concatenate([[float(self.samples)], self.mean, self.gram.reshape(-1)])
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> Moments:
+        k = round((-1 + math.sqrt(1 + 4 * (len(array) - 1))) / 2)
+        return cls(samples=int(array[0]), mean=array[1 : k + 1], gram=array[k + 1 :].reshape(k, k))
+
+
+def moments(
+    X: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    world: World = SINGLE,
+    each: Callable[[np.ndarray], None] | None = None,
+) -> Moments:
+    """The moments of the columns of X (and y after them) in one streamed pass, over the
+    rows of every rank in rank order.
+
+    Each chunk is shifted by its first row before its mean is taken, so a constant column
+    has exactly its value as mean and exactly zero spread. ``each`` sees every chunk of X
+    (float64, in order) before it is used, for work that can share the pass.
     """
-    n = int(world.sum(X.shape[0]))
-    shift = first_row(X, world)  # sums of x - shift are exact for a constant column
-    total = np.zeros(X.shape[1])
-    for _, block in chunks(X):
-        total += (block - shift).sum(axis=0)
-    mean = shift + world.sum(total) / n
-    squares = np.zeros(X.shape[1])
-    for _, block in chunks(X):
-        chunk = block - mean
-        squares += np.einsum("ij,ij->j", chunk, chunk)
-    std = np.sqrt(world.sum(squares) / n)
-    # a column whose spread is at rounding level of its values is constant
-    std[std <= 1e-12 * np.maximum(np.abs(mean), 1e-300)] = 0.0
-    return ColumnStats(mean=mean, std=std)
+    d = X.shape[1]
+    k = d + (y is not None)
+    total = Moments(samples=0, mean=np.zeros(k), gram=np.zeros((k, k)))
+    rows = min(CHUNK_ROWS, max(1, (2 << 20) // (8 * k)))  # blocks of 2 MB stay in cache
+    for start in range(0, X.shape[0], rows):
+        stop = min(start + rows, X.shape[0])
+        block = np.empty((stop - start, k))
+        block[:, :d] = X[start:stop]
+        release(X, start, stop)
+        if each is not None:
+            each(block[:, :d])
+        if y is not None:
+            block[:, d] = y[start:stop]
+            release(y, start, stop)
+        shift = block[0].copy()
+        block -= shift
+        mean = np.ones(len(block)) @ block / len(block)  # a BLAS product: faster than .mean
+        block -= mean
+        total = total.merge(Moments(samples=stop - start, mean=shift + mean, gram=block.T @ block))
+    if world.distributed:
+        parts = world.gather(total.as_array())
+        total = Moments(samples=0, mean=np.zeros(k), gram=np.zeros((k, k)))
+        for part in parts:
+            total = total.merge(Moments.from_array(part))
+    return total
 
 
 def first_row(X: np.ndarray, world: World) -> np.ndarray:

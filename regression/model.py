@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import chunks
+from .data import CHUNK_ROWS, release
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,17 @@ def to_training_tensor(
     X: np.ndarray, scaling: Scaling, *, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """The one copy of the features that training uses: standardized in float64 chunk by
-    chunk, stored in ``dtype`` on ``device``."""
+    chunk (by torch, on every core), stored in ``dtype`` on ``device``."""
     n, d = X.shape
     out = torch.empty((n, d), dtype=dtype, device=device)
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    for start, block in chunks(X):
-        chunk = (block - scaling.mean) / scaling.scale
-        out[start : start + len(chunk)] = torch.from_numpy(chunk.astype(np_dtype, copy=False))
+    mean, scale = torch.from_numpy(scaling.mean), torch.from_numpy(scaling.scale)
+    for start in range(0, n, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, n)
+        rows = X[start:stop]
+        if rows.dtype != np.float64 or not rows.flags.writeable or min(rows.strides) < 0:
+            rows = np.array(rows, dtype=np.float64)  # what torch.from_numpy can take
+        release(X, start, stop)
+        out[start:stop] = torch.from_numpy(rows).sub(mean).div_(scale)
     return out
 
 

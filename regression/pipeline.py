@@ -14,7 +14,7 @@ from .artifacts import CHECKPOINT_FILE
 from .batches import Source, StreamSource, TensorSource, max_row_norm2
 from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_toml
-from .data import Dataset, column_stats, fingerprint, gather, shard, split, synthetic
+from .data import BackgroundDigest, Dataset, fingerprint, gather, moments, shard, split, synthetic
 from .datafile import load_dataset
 from .device import resolve_device
 from .distributed import SINGLE, World
@@ -24,15 +24,16 @@ from .metrics import (
     LeastSquares,
     least_squares,
     linear_fit,
+    linear_fits,
     optimality_gap,
 )
 from .model import Scaling, target_tensor, to_training_tensor
 from .statistics import (
     ResidualRun,
     Statistics,
+    chunk_residual_run,
     collinearity_warning,
     ols_statistics,
-    residual_run,
     trained_distance,
 )
 from .train import Checkpointer, Curvature, ProgressCallback, train
@@ -73,6 +74,7 @@ class RunResult:
     lr: float
     momentum: float
     seconds: float
+    train_seconds: float  # from the start to a trained model: data, reference, loop
     warnings: list[str]
     data_sha256: str  # of the training rows (see data.fingerprint)
     val_samples: int  # held-out rows, of all ranks
@@ -136,14 +138,15 @@ def run_training(
     # under torchrun each rank keeps its contiguous shard (a view) and splits that
     data, val_data = split(shard(data, world), fraction=config.val_fraction, seed=config.seed)
     X, y = data.X, data.y
-    stats = column_stats(X, world)
+    sums = moments(X, y, world=world)  # one pass: standardization and least squares
+    stats = sums.column_stats(data.features)
     warnings = [
         f"feature {name!r} is constant in the training data: its weight is 0 and the "
         "intercept carries its value"
         for name, std in zip(data.feature_names, stats.std, strict=True)
         if std == 0
     ]
-    ols = least_squares(X, y, x_mean=stats.mean, world=world)
+    ols = least_squares(X, y, world, sums=sums)
     collinear = collinearity_warning(ols)
     if collinear is not None:
         warnings.append(collinear)
@@ -161,19 +164,24 @@ def run_training(
             to_training_tensor(val_data.X, scaling, device=device, dtype=dtype),
             target_tensor(val_data.y, device=device, dtype=dtype),
         )
-    data_sha256 = fingerprint(data, world)
-    identity = RunIdentity(
-        config=to_toml(config.to_dict()),
-        data_sha256=data_sha256,
-        lr=lr,
-        momentum=momentum,
-        validation=val is not None,
-    )
+    data_sha256: str | None = None
     checkpoint_path = (run_dir or Path(".")) / CHECKPOINT_FILE
     checkpointer = None
+    identity = None
+    if config.checkpoint_every or resume:  # checkpoints name the data
+        data_sha256 = fingerprint(data, world)
+        identity = RunIdentity(
+            config=to_toml(config.to_dict()),
+            data_sha256=data_sha256,
+            lr=lr,
+            momentum=momentum,
+            validation=val is not None,
+        )
     if config.checkpoint_every and world.is_main:  # one rank writes; all hold the same state
+        saved_identity = identity
+        assert saved_identity is not None
         checkpointer = Checkpointer(
-            lambda state: save_checkpoint(checkpoint_path, state, identity),
+            lambda state: save_checkpoint(checkpoint_path, state, saved_identity),
             config.checkpoint_every,
         )
     trained = train(
@@ -183,18 +191,32 @@ def run_training(
         momentum=momentum,
         val=val,
         progress=progress,
-        resume=load_checkpoint(checkpoint_path, identity) if resume else None,
+        resume=load_checkpoint(checkpoint_path, identity) if identity and resume else None,
         checkpointer=checkpointer,
         should_stop=should_stop,
         world=world,
     )
+    train_seconds = time.perf_counter() - start
+    # the data's digest is for the record: a thread computes it beside the evaluation pass
+    local_digest = BackgroundDigest(data) if data_sha256 is None else None
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
     linear_bias = float(trained.model.bias.detach().cpu().item())
     weight, bias = scaling.to_data_units(linear_weight, linear_bias)
     # The metrics are those of the reported parameters, evaluated in float64: what
     # `linreg predict` gives, and free of the training dtype's rounding (so the optimality
-    # gap is not negative beyond float64 rounding).
-    fit = linear_fit(X, y, weight, bias, world)
+    # gap is not negative beyond float64 rounding). One pass gives them, those of the
+    # least-squares parameters and the Durbin-Watson statistic of its residuals.
+    runs: list[ResidualRun] = []
+    fit, ls_fit = linear_fits(
+        X,
+        y,
+        [(weight, bias), (ols.weight, ols.bias)],
+        world,
+        each=lambda chunk, y_rows: runs.append(chunk_residual_run(chunk, y_rows, ols)),
+    )
+    if local_digest is not None:
+        data_sha256 = fingerprint(data, world, local=local_digest.result())
+    assert data_sha256 is not None
     val_fit = None
     if val_data is not None:
         val_fit = linear_fit(val_data.X, val_data.y, weight, bias, world)
@@ -220,9 +242,7 @@ def run_training(
         val=val_fit,
         # the optimum's mse by the same float64 arithmetic as the learned one, so that the
         # gap compares like with like (and is not negative by rounding)
-        optimality_gap=optimality_gap(
-            fit.mse, linear_fit(X, y, ols.weight, ols.bias, world).mse, y_mean_square
-        ),
+        optimality_gap=optimality_gap(fit.mse, ls_fit.mse, y_mean_square),
         confidence=confidence,
         history=trained.history,
         val_history=trained.val_history,
@@ -230,17 +250,18 @@ def run_training(
         lr=lr,
         momentum=momentum,
         seconds=time.perf_counter() - start,
+        train_seconds=train_seconds,
         warnings=warnings,
         data_sha256=data_sha256,
         val_samples=int(world.sum(val_data.samples if val_data else 0)),
-        durbin_watson=_durbin_watson(X, y, ols, world),
+        durbin_watson=_durbin_watson(ResidualRun.concat(runs), world),
     )
 
 
-def _durbin_watson(X: np.ndarray, y: np.ndarray, ols: LeastSquares, world: World) -> float | None:
+def _durbin_watson(local: ResidualRun, world: World) -> float | None:
     """Over the training rows of all ranks in file order: each rank holds a contiguous shard,
     so their residual runs join in rank order."""
-    runs = world.gather(residual_run(X, y, ols).as_array())
+    runs = world.gather(local.as_array())
     return ResidualRun.concat([ResidualRun.from_array(run) for run in runs]).durbin_watson
 
 

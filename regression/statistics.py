@@ -316,24 +316,29 @@ class ResidualRun:
 
 def residual_run(X: np.ndarray, y: np.ndarray, ls: LeastSquares) -> ResidualRun:
     """One streamed pass over the rows of X and y, in order, chunk by chunk (X may be
-    memory-mapped). The residuals are formed from centered data,
-    (y - mean y) - (X - mean X) @ w, which keeps their digits when the intercept is large
-    (Longley's is -3.5e6 for residuals of about 300)."""
-    runs = []
-    for (_, chunk), (_, y_rows) in zip(chunks(X), chunks(y), strict=True):
-        chunk -= ls.x_mean  # in place: chunks are copies
-        e = y_rows - ls.y_mean
-        e -= chunk @ ls.weight
-        steps = np.diff(e)
-        runs.append(
-            ResidualRun(
-                first=float(e[0]),
-                last=float(e[-1]),
-                squares=float(e @ e),
-                steps=float(steps @ steps),
-            )
-        )
-    return ResidualRun.concat(runs)
+    memory-mapped)."""
+    return ResidualRun.concat(
+        [
+            chunk_residual_run(chunk, y_rows, ls)
+            for (_, chunk), (_, y_rows) in zip(chunks(X), chunks(y), strict=True)
+        ]
+    )
+
+
+def chunk_residual_run(chunk: np.ndarray, y_rows: np.ndarray, ls: LeastSquares) -> ResidualRun:
+    """The run of one float64 chunk (changed in place). The residuals are formed from
+    centered data, (y - mean y) - (X - mean X) @ w, which keeps their digits when the
+    intercept is large (Longley's is -3.5e6 for residuals of about 300)."""
+    chunk -= ls.x_mean
+    e = y_rows - ls.y_mean
+    e -= chunk @ ls.weight
+    steps = np.diff(e)
+    return ResidualRun(
+        first=float(e[0]),
+        last=float(e[-1]),
+        squares=float(e @ e),
+        steps=float(steps @ steps),
+    )
 
 
 # -- intervals of predictions -----------------------------------------------------------------

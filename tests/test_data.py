@@ -221,3 +221,51 @@ def test_fingerprint_does_not_depend_on_the_memory_layout() -> None:
     fortran = dataclasses.replace(c_order, X=np.asfortranarray(X))
     strided = dataclasses.replace(c_order, y=np.column_stack([y, y])[:, 0])
     assert fingerprint(c_order) == fingerprint(fortran) == fingerprint(strided)
+
+
+# -- moments: one pass for the column statistics and the least squares -----------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (5, 1), (40_000, 6)])
+def test_moments_match_numpy(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(11)
+    X = rng.normal(1e3, 2.0, size=shape)
+    y = rng.normal(size=shape[0])
+    sums = regression.data.moments(X, y)
+    both = np.column_stack([X, y])
+    centered = both - both.mean(axis=0)
+    assert sums.samples == shape[0]
+    np.testing.assert_allclose(sums.mean, both.mean(axis=0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sums.gram, centered.T @ centered, rtol=1e-9, atol=1e-9)
+
+
+def test_moments_of_parts_merge_to_the_moments_of_the_whole() -> None:
+    """What torchrun ranks do: the parts' moments, sent as arrays, merged in order."""
+    rng = np.random.default_rng(12)
+    X, y = rng.normal(5.0, 3.0, size=(3001, 4)), rng.normal(size=3001)
+    whole = regression.data.moments(X, y)
+    merged = regression.data.Moments(samples=0, mean=np.zeros(5), gram=np.zeros((5, 5)))
+    for a, b in [(0, 1000), (1000, 1000), (1000, 2500), (2500, 3001)]:
+        part = regression.data.moments(X[a:b], y[a:b])
+        merged = merged.merge(regression.data.Moments.from_array(part.as_array()))
+    assert merged.samples == whole.samples
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(merged.gram, whole.gram, rtol=1e-12)
+
+
+@pytest.mark.parametrize("value", [0.1, -3.7, 1e6 + 0.3])
+def test_moments_of_a_constant_column_are_exact(value: float) -> None:
+    X = np.column_stack([np.full(200_000, value), np.arange(200_000.0)])
+    sums = regression.data.moments(X)
+    assert sums.mean[0] == value
+    assert sums.gram[0, 0] == 0.0 and sums.gram[0, 1] == 0.0
+    assert sums.column_stats(2).std[0] == 0.0
+
+
+def test_background_digest_is_the_digest_and_reraises() -> None:
+    X = np.random.default_rng(13).normal(size=(70_000, 3)).astype(np.float32)
+    data = Dataset(X=X, y=X.sum(axis=1), feature_names=("a", "b", "c"), target_name="y", source="s")
+    assert regression.data.BackgroundDigest(data).result() == fingerprint(data)
+    broken = dataclasses.replace(data, y=None)  # type: ignore[arg-type]
+    with pytest.raises(AttributeError):  # raised in the thread, re-raised by result()
+        regression.data.BackgroundDigest(broken).result()

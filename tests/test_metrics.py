@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 import regression.data
 import regression.metrics
-from regression.data import column_stats
 from regression.metrics import fit_metrics, least_squares, optimality_gap
 
 DATA = Path(__file__).parent / "data"
@@ -153,11 +152,12 @@ def test_constant_column_gets_minimum_norm_weights(value: float) -> None:
 
 
 @pytest.mark.parametrize("value", [0.0, 0.1, 3.7, 12345.678])
-def test_constant_column_with_column_stats_mean_gets_zero_weight(value: float) -> None:
-    """What the pipeline does: centering by column_stats' mean, which is exact for a constant."""
+def test_constant_column_gets_zero_weight(value: float) -> None:
+    """The mean of the moments pass is exact for a constant column, so its centered values
+    are exactly zero and it is dropped as rank-deficient."""
     X, y = _rank_deficient_data()
     X = np.column_stack([X, np.full(len(y), value)])
-    ls = least_squares(X, y, x_mean=column_stats(X).mean)
+    ls = least_squares(X, y)
     expected = np.append(min_norm_oracle(X, y, [0, 1, 2]), 0.0)
     assert ls.rank == 3
     np.testing.assert_allclose(ls.weight, expected, rtol=1e-10, atol=1e-12)
@@ -302,3 +302,79 @@ def test_optimality_gap_is_none_for_an_exact_fit(ls_mse: float) -> None:
     # residuals at float64 rounding level of y (mean square 4) are an exact fit
     assert optimality_gap(0.5, ls_mse, 4.0) is None
     assert optimality_gap(0.5, 1e-20, 4.0) is not None
+
+
+# -- the normal-equations route for large, well-conditioned data ------------------------------
+
+
+def _large(n: int, d: int, *, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 20, d) + rng.uniform(-50, 50, d)
+    return X, X @ rng.normal(size=d) - 7.0 + noise * rng.normal(size=n)
+
+
+@pytest.mark.parametrize(("n", "d"), [(70_000, 16), (600_000, 1)])
+def test_large_well_conditioned_data_takes_the_normal_equations(n: int, d: int) -> None:
+    """Above NORMAL_EQUATIONS_MIN_VALUES values, well conditioned: the Cholesky route, with
+    lstsq's answer to 1e-10."""
+    X, y = _large(n, d, seed=d)
+    ls = least_squares(X, y)
+    assert ls.method == "cholesky"
+    weight, bias, rss = lstsq_with_intercept(X, y)
+    np.testing.assert_allclose(ls.weight, weight, rtol=1e-10)
+    assert ls.bias == pytest.approx(bias, rel=1e-10)
+    assert ls.rss == pytest.approx(rss, rel=1e-10)
+    assert ls.tss == pytest.approx(float(np.sum((y - y.mean()) ** 2)), rel=1e-12)
+    Xc = X - X.mean(axis=0)
+    np.testing.assert_allclose(ls.r.T @ ls.r, Xc.T @ Xc, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["small", "collinear", "exact", "constant column"])
+def test_the_tsqr_keeps_what_the_normal_equations_would_get_wrong(case: str) -> None:
+    """Small data, a condition number beyond 100 (cond^2 > 1e4), a near-exact fit or a
+    constant column go through the TSQR and still match lstsq to 1e-10."""
+    X, y = _large(70_000, 4, seed=5)
+    if case == "small":
+        X, y = X[:1000], y[:1000]
+    elif case == "collinear":
+        X[:, 1] = X[:, 0] + 1e-3 * np.random.default_rng(6).normal(size=len(y))
+    elif case == "exact":
+        y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 4.0 + 1e-6 * np.sin(np.arange(len(y)))
+    else:
+        X[:, 2] = 12.5
+    ls = least_squares(X, y)
+    assert ls.method == "tsqr"
+    if case == "constant column":
+        assert ls.rank == 3 and ls.weight[2] == 0.0
+        keep = [0, 1, 3]
+        weight, bias, rss = lstsq_with_intercept(X[:, keep], y)
+        np.testing.assert_allclose(ls.weight[keep], weight, rtol=1e-10)
+    else:
+        weight, bias, rss = lstsq_with_intercept(X, y)
+        np.testing.assert_allclose(ls.weight, weight, rtol=1e-9)
+    assert ls.bias == pytest.approx(bias, rel=1e-9)
+    assert ls.rss == pytest.approx(rss, rel=1e-8)
+
+
+def test_normal_equations_limits_are_what_the_docstring_says() -> None:
+    X, y = _large(300_000, 3, seed=8)  # 1.2e6 values: at least NORMAL_EQUATIONS_MIN_VALUES
+    sums = regression.data.moments(X, y)
+    assert regression.metrics.normal_equations_suffice(sums)
+    assert not regression.metrics.normal_equations_suffice(
+        regression.data.moments(X[:100], y[:100])
+    )
+
+
+def test_linear_fits_equal_one_linear_fit_each() -> None:
+    X, y = _large(5000, 3, seed=9)
+    params = [(np.array([1.0, 2.0, 3.0]), 0.5), (np.zeros(3), -1.0)]
+    seen: list[int] = []
+    fits = regression.metrics.linear_fits(X, y, params, each=lambda c, _: seen.append(len(c)))
+    assert sum(seen) == len(y)
+    for fit, (weight, bias) in zip(fits, params, strict=True):
+        single = regression.metrics.linear_fit(X, y, weight, bias)
+        assert fit.mse == pytest.approx(single.mse, rel=1e-13)
+        assert fit.mae == pytest.approx(single.mae, rel=1e-13)
+        assert fit.r2 == pytest.approx(single.r2, rel=1e-13)
+        direct = fit_metrics(y, X @ weight + bias)
+        assert fit.mse == pytest.approx(direct.mse, rel=1e-12)

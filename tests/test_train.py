@@ -470,3 +470,26 @@ def test_loss_settling_above_an_earlier_low_converges() -> None:
     stopper = EarlyStopping(tol=1e-6, patience=3)
     losses = [10.0, 1.0, 0.999998, 1.0, 1.0, 1.0, 1.0]
     assert [stopper.update(x) for x in losses] == [False] * 6 + [True]
+
+
+@pytest.mark.parametrize("layout", ["C", "Fortran", "reversed", "read-only", "float32"])
+def test_training_tensor_is_the_standardized_data_whatever_its_layout(layout: str) -> None:
+    rng = np.random.default_rng(21)
+    base = rng.normal(3.0, 2.0, size=(70_000, 3))
+    X = {
+        "C": base,
+        "Fortran": np.asfortranarray(base),
+        "reversed": base[::-1],
+        "read-only": base.copy(),
+        "float32": base.astype(np.float32),
+    }[layout]
+    if layout == "read-only":
+        X.flags.writeable = False
+    before = X.copy()
+    scaling = Scaling(mean=np.array([3.0, 2.5, -1.0]), scale=np.array([2.0, 0.5, 4.0]))
+    for dtype in (torch.float64, torch.float32):
+        tensor = to_training_tensor(X, scaling, device=torch.device("cpu"), dtype=dtype)
+        expected = (np.asarray(X, dtype=np.float64) - scaling.mean) / scaling.scale
+        assert tensor.dtype == dtype and tensor.shape == X.shape
+        np.testing.assert_array_equal(tensor.numpy(), expected.astype(tensor.numpy().dtype))
+    np.testing.assert_array_equal(X, before)  # the data is read, never changed
