@@ -240,12 +240,15 @@ def ratio_row(
     *,
     reps: str = "",
     valid: bool = True,
+    bound: bool = False,
 ) -> Row:
+    """``bound``: the baseline never got there, so its true time is longer and the ratio is
+    an upper bound (shown as ``< ratio``)."""
     return Row(
         measurement,
         linreg,
         baseline,
-        f"{ratio:.3g}x",
+        f"{'< ' if bound else ''}{ratio:.3g}x",
         goal.text if goal else "",
         verdict(goal, ratio, valid=valid),
         reps,

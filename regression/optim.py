@@ -49,9 +49,18 @@ def sgd(groups: Iterable[dict[str, Any]], *, lr: float, momentum: float) -> torc
 
 def step(optimizer: torch.optim.SGD) -> None:
     """``optimizer.step()``, by SGD's own update code."""
-    plain: Callable[[torch.optim.SGD], object] = inspect.unwrap(type(optimizer).step)
+    plain = _plain_step(type(optimizer))
     if optimizer.defaults.get("differentiable") or plain is type(optimizer).step:
         optimizer.step()
         return
     with torch.no_grad():
         plain(optimizer)
+
+
+_PLAIN_STEPS: dict[type, Callable[[torch.optim.SGD], object]] = {}
+
+
+def _plain_step(kind: type[torch.optim.SGD]) -> Callable[[torch.optim.SGD], object]:
+    if kind not in _PLAIN_STEPS:
+        _PLAIN_STEPS[kind] = inspect.unwrap(kind.step)
+    return _PLAIN_STEPS[kind]

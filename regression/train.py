@@ -4,6 +4,7 @@ shuffled mini-batches, with early stopping. It never prints: progress goes to a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -115,11 +116,17 @@ def train(
     if world.distributed:
         ids = [source.device.index] if source.device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = sgd(
+    # one parameter group unless the weights alone decay: each group is one more update call
+    groups = (
         [
             {"params": [model.weight], "weight_decay": config.weight_decay},
             {"params": [model.bias], "weight_decay": 0.0},
-        ],
+        ]
+        if config.weight_decay
+        else [{"params": [model.weight, model.bias], "weight_decay": 0.0}]
+    )
+    optimizer = sgd(
+        groups,
         lr=lr,
         momentum=momentum if momentum is not None else (config.momentum or 0.0),
     )
@@ -142,19 +149,32 @@ def train(
         history = list(resume.history)
         val_history = list(resume.val_history) if resume.val_history is not None else None
         first_epoch = resume.epoch + 1
-    state = _snapshot(first_epoch - 1, model, optimizer, shuffle, stopper, history, val_history)
+
+    def snapshot(epoch: int) -> LoopState:  # without the histories: see _with_history
+        return _snapshot(epoch, model, optimizer, shuffle, stopper)
+
+    # a stop inside a mini-batch epoch goes back to the epoch's start, so that state is kept;
+    # full-batch epochs stop only between epochs, where the current state is the one to save
+    mark = snapshot(first_epoch - 1) if not full_batch and should_stop is not None else None
+    single = full_batch and len(blocks) == 1 and not world.distributed
+    whole = source.rows(0, n) if single else None
     graphed = None
-    if full_batch and len(blocks) == 1 and source.device.type == "cuda" and not world.distributed:
-        graphed = _capture_step(model, optimizer, loss_fn, *source.rows(0, n))
+    if whole is not None and source.device.type == "cuda":
+        graphed = _capture_step(model, optimizer, loss_fn, *whole)
     scale = world.size  # DistributedDataParallel averages gradients over the ranks
     start = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
-        total = torch.zeros((), dtype=torch.float64, device=source.device)
         if graphed is not None:
             graphed.replay()  # forward, backward and SGD step as one CUDA graph
-            total += graphed.loss
+            epoch_loss = float(graphed.loss.item())
+        elif whole is not None:  # one block: the fewest operations an epoch
+            _clear_grads(params)
+            loss = loss_fn(model(whole[0]), whole[1]) / n
+            loss.backward()
+            step(optimizer)
+            epoch_loss = float(loss.item())
         elif full_batch:
-            optimizer.zero_grad(set_to_none=True)
+            _clear_grads(params)
             losses = []
             for k, (first, last) in enumerate(blocks):  # slices of one batch: gradients add up
                 X_rows, y_rows = source.rows(first, last)
@@ -166,21 +186,24 @@ def train(
             with torch.no_grad():
                 for param in params:
                     param.grad.mul_(scale / total_n)  # type: ignore[union-attr]
-            total += (torch.stack(losses) / total_n).sum(dtype=torch.float64)
+            total = (torch.stack(losses) / total_n).sum(dtype=torch.float64)
             step(optimizer)
+            epoch_loss = float(world.sum(total.item()))
         else:
+            total = torch.zeros((), dtype=torch.float64, device=source.device)
             order = torch.randperm(steps, generator=shuffle).tolist()
             for k, index in enumerate(order):
                 first, last = blocks[index] if index < len(blocks) else (n, n)
                 X_rows, y_rows = source.rows(first, last)
                 loss = loss_fn(net(X_rows), y_rows)
-                optimizer.zero_grad(set_to_none=True)
+                _clear_grads(params)
                 (loss * (scale / step_rows[index])).backward()
                 step(optimizer)
                 total += loss.detach() / total_n
                 if not world.distributed and k + 1 < steps and should_stop and should_stop():
-                    _stop(state, checkpointer)  # mid-epoch: back to the epoch's start
-        epoch_loss = float(world.sum(total.item()))
+                    assert mark is not None
+                    _stop(mark, history, val_history, checkpointer)
+            epoch_loss = float(world.sum(total.item()))
         if not math.isfinite(epoch_loss):
             raise DivergedError(
                 f"the training loss became {epoch_loss} at epoch {epoch} with --lr {lr:g}; "
@@ -196,14 +219,14 @@ def train(
             elapsed = time.perf_counter() - start
             progress(Progress(epoch, config.epochs, epoch_loss, elapsed, val_loss))
         done = stopper.update(epoch_loss)
-        if checkpointer is not None or should_stop is not None:
-            state = _snapshot(epoch, model, optimizer, shuffle, stopper, history, val_history)
-            if checkpointer is not None and epoch % checkpointer.every == 0:
-                checkpointer.save(state)
+        if checkpointer is not None and epoch % checkpointer.every == 0:
+            checkpointer.save(_with_history(snapshot(epoch), history, val_history))
+        if mark is not None:
+            mark = snapshot(epoch)
         if done:
             break
         if should_stop is not None and _any_rank(world, should_stop()):
-            _stop(state, checkpointer)
+            _stop(mark or snapshot(epoch), history, val_history, checkpointer)
     return Trained(
         model=model,
         history=history,
@@ -316,10 +339,33 @@ def _blocks(source: Source, size: int) -> list[tuple[int, int]]:
     return [(first, min(first + size, n)) for first in range(0, n, size)]
 
 
-def _stop(state: LoopState, checkpointer: Checkpointer | None) -> NoReturn:
+def _stop(
+    state: LoopState,
+    history: list[float],
+    val_history: list[float] | None,
+    checkpointer: Checkpointer | None,
+) -> NoReturn:
     if checkpointer is not None:
-        checkpointer.save(state)
+        checkpointer.save(_with_history(state, history, val_history))
     raise TrainingStopped(state.epoch, saved=checkpointer is not None)
+
+
+def _with_history(
+    state: LoopState, history: list[float], val_history: list[float] | None
+) -> LoopState:
+    """``state`` with the histories of its epochs (snapshots leave them out: copying them
+    every epoch would cost O(epochs) an epoch)."""
+    return dataclasses.replace(
+        state,
+        history=tuple(history[: state.epoch]),
+        val_history=None if val_history is None else tuple(val_history[: state.epoch]),
+    )
+
+
+def _clear_grads(params: list[torch.Tensor]) -> None:
+    """``optimizer.zero_grad(set_to_none=True)``, without its profiler bookkeeping."""
+    for param in params:
+        param.grad = None
 
 
 def _snapshot(
@@ -328,8 +374,6 @@ def _snapshot(
     optimizer: torch.optim.SGD,
     shuffle: torch.Generator,
     stopper: EarlyStopping,
-    history: list[float],
-    val_history: list[float] | None,
 ) -> LoopState:
     def buffer(param: torch.Tensor) -> torch.Tensor | None:
         value = _momentum_buffer(optimizer, param)
@@ -341,8 +385,8 @@ def _snapshot(
         bias=model.bias.detach().cpu().clone(),
         momentum=(buffer(model.weight), buffer(model.bias)),
         shuffle_state=shuffle.get_state(),
-        history=tuple(history),
-        val_history=tuple(val_history) if val_history is not None else None,
+        history=(),
+        val_history=None,
         previous_loss=stopper.previous,
         stalled=stopper.stalled,
     )
