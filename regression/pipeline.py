@@ -195,6 +195,7 @@ def run_training(
         checkpointer=checkpointer,
         should_stop=should_stop,
         world=world,
+        optimum=ols.mse,
     )
     train_seconds = time.perf_counter() - start
     # the data's digest is for the record: a thread computes it beside the evaluation pass

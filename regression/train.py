@@ -87,6 +87,7 @@ def train(
     checkpointer: Checkpointer | None = None,
     should_stop: Callable[[], bool] | None = None,
     world: World = SINGLE,
+    optimum: float | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
     device, or a Source that yields them (see batches.py).
@@ -98,7 +99,8 @@ def train(
     ``val`` is a hold-out (X, y) whose loss is recorded after every epoch. ``resume``
     continues from a saved state. ``should_stop`` is asked after every step; when it says
     yes the loop saves the state of the last whole epoch (if checkpointing) and raises
-    TrainingStopped.
+    TrainingStopped. ``optimum`` is the least-squares mean squared error of the training
+    rows (of every rank), if known: see EarlyStopping.
 
     Under torchrun (``world``) each rank holds a shard; the model is wrapped in
     DistributedDataParallel, whose gradient averaging is scaled so that every step uses the
@@ -139,7 +141,18 @@ def train(
         sum(_block_rows(size, config.batch_size, k) for size in sizes) for k in range(steps)
     ]
     shuffle = torch.Generator().manual_seed(config.seed)
-    stopper = EarlyStopping(tol=config.tol, patience=config.patience)
+    single = full_batch and len(blocks) == 1 and not world.distributed
+    # the optimum is only used where the loss is exact enough to compare with it, and where
+    # the loop can skip a step (a captured CUDA graph always steps)
+    exact = (
+        full_batch
+        and source.dtype == torch.float64
+        and not config.weight_decay
+        and not (single and source.device.type == "cuda")
+    )
+    stopper = EarlyStopping(
+        tol=config.tol, patience=config.patience, optimum=optimum if exact else None
+    )
     history: list[float] = []
     val_history: list[float] | None = None if val is None else []
     val_n = int(world.sum(val[0].shape[0])) if val is not None else 0
@@ -156,7 +169,6 @@ def train(
     # a stop inside a mini-batch epoch goes back to the epoch's start, so that state is kept;
     # full-batch epochs stop only between epochs, where the current state is the one to save
     mark = snapshot(first_epoch - 1) if not full_batch and should_stop is not None else None
-    single = full_batch and len(blocks) == 1 and not world.distributed
     whole = source.rows(0, n) if single else None
     graphed = None
     if whole is not None and source.device.type == "cuda":
@@ -171,8 +183,9 @@ def train(
             _clear_grads(params)
             loss = loss_fn(model(whole[0]), whole[1]) / n
             loss.backward()
-            step(optimizer)
             epoch_loss = float(loss.item())
+            if not stopper.at_optimum(epoch_loss):
+                step(optimizer)
         elif full_batch:
             _clear_grads(params)
             losses = []
@@ -187,8 +200,9 @@ def train(
                 for param in params:
                     param.grad.mul_(scale / total_n)  # type: ignore[union-attr]
             total = (torch.stack(losses) / total_n).sum(dtype=torch.float64)
-            step(optimizer)
             epoch_loss = float(world.sum(total.item()))
+            if not stopper.at_optimum(epoch_loss):  # the same on every rank
+                step(optimizer)
         else:
             total = torch.zeros((), dtype=torch.float64, device=source.device)
             order = torch.randperm(steps, generator=shuffle).tolist()
@@ -413,11 +427,19 @@ def _restore(
 class EarlyStopping:
     """Met when the epoch loss has changed by at most ``tol`` (relative to the previous
     epoch's) for ``patience`` epochs in a row. A loss that rises by more than that is not
-    settling, and resets the count like an improvement does. ``tol == 0`` never stops."""
+    settling, and resets the count like an improvement does. ``tol == 0`` never stops.
 
-    def __init__(self, *, tol: float, patience: int) -> None:
+    ``optimum``, the least-squares loss when it is known exactly enough (float64 full-batch
+    training without weight decay): a loss within ``tol**2`` (relative) of it is met at
+    once. No epoch can then improve the loss by more than ``tol``, and the parameters are
+    within ``tol`` of the least-squares ones in the data's own metric (the gap is the
+    squared distance ``(w - w*)' H (w - w*)`` over the optimal loss), so waiting ``patience``
+    epochs to see the loss settle would only repeat the optimum."""
+
+    def __init__(self, *, tol: float, patience: int, optimum: float | None = None) -> None:
         self.tol = tol
         self.patience = patience
+        self.optimum = optimum if optimum is not None and optimum > 0 else None
         self.previous = math.inf
         self.stalled = 0
         self.converged = False
@@ -431,8 +453,16 @@ class EarlyStopping:
         )
         self.stalled = self.stalled + 1 if settled else 0
         self.previous = loss
-        self.converged = self.stalled >= self.patience
+        self.converged = self.stalled >= self.patience or self.at_optimum(loss)
         return self.converged
+
+    def at_optimum(self, loss: float) -> bool:
+        """Whether ``loss`` is within ``tol**2`` of the optimum: the loop then keeps the
+        parameters it was measured at (it skips that epoch's step, as a step with momentum
+        may overshoot) and stops."""
+        if self.tol == 0 or self.optimum is None:
+            return False
+        return loss <= self.optimum * (1 + self.tol**2)
 
 
 @dataclass(frozen=True)

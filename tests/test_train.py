@@ -493,3 +493,62 @@ def test_training_tensor_is_the_standardized_data_whatever_its_layout(layout: st
         assert tensor.dtype == dtype and tensor.shape == X.shape
         np.testing.assert_array_equal(tensor.numpy(), expected.astype(tensor.numpy().dtype))
     np.testing.assert_array_equal(X, before)  # the data is read, never changed
+
+
+# -- stopping at the known optimum -------------------------------------------------------
+
+
+def test_early_stopping_at_the_optimum() -> None:
+    stopper = EarlyStopping(tol=1e-3, patience=5, optimum=2.0)  # within tol**2 = 1e-6
+    assert not stopper.update(3.0)
+    assert not stopper.at_optimum(2.0 * (1 + 2e-6))
+    assert stopper.at_optimum(2.0 * (1 + 0.5e-6))
+    assert stopper.update(2.0 * (1 + 0.5e-6)) and stopper.converged
+    assert not EarlyStopping(tol=0.0, patience=5, optimum=2.0).update(2.0)  # --tol 0 runs all
+    assert not EarlyStopping(tol=1e-6, patience=5, optimum=0.0).update(0.0)  # exact fits: no
+
+
+def _optimum_problem(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Standardized-looking data and its least-squares mse (the oracle: lstsq)."""
+    rng = np.random.default_rng(31)
+    X = rng.normal(size=(5000, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0]) + 1.5 + 0.3 * rng.normal(size=5000)
+    _, _, best = lstsq(X, y)
+    return torch.tensor(X, dtype=dtype), torch.tensor(y, dtype=dtype).reshape(-1, 1), best
+
+
+def test_float64_full_batch_stops_at_the_optimum_without_a_last_step() -> None:
+    """The first epoch whose loss is within tol**2 of the optimum ends the run, and its step
+    is not taken: the model's loss is exactly the last loss recorded."""
+    X, y, best = _optimum_problem(torch.float64)
+    config = TrainConfig(epochs=500, tol=1e-4, patience=5, momentum=0.0, device="cpu")
+    plain = train(X, y, config=config, lr=0.5)
+    short = train(X, y, config=config, lr=0.5, optimum=best)
+    assert short.converged and len(short.history) < len(plain.history)
+    assert short.history == plain.history[: len(short.history)]  # the same steps until then
+    assert short.history[-1] <= best * (1 + 1e-8)
+    assert all(loss > best * (1 + 1e-8) for loss in short.history[:-1])
+    with torch.no_grad():
+        final = float(torch.nn.MSELoss()(short.model(X), y))
+    assert final == short.history[-1]
+
+
+@pytest.mark.parametrize("case", ["float32", "weight decay", "mini-batch", "tol 0"])
+def test_the_optimum_is_not_used_where_it_cannot_be_trusted(case: str) -> None:
+    """float32 losses are too coarse to compare with a float64 optimum at 1e-6, weight decay
+    moves the optimum, a mini-batch epoch's loss is not the loss of one point, and --tol 0
+    runs every epoch: those runs are the same with or without it."""
+    dtype = torch.float32 if case == "float32" else torch.float64
+    X, y, best = _optimum_problem(dtype)
+    config = TrainConfig(
+        epochs=60 if case == "tol 0" else 300,
+        tol=0.0 if case == "tol 0" else 1e-6,
+        weight_decay=0.01 if case == "weight decay" else 0.0,
+        batch_size=500 if case == "mini-batch" else 0,
+        device="cpu",
+    )
+    lr = 0.05 if case == "mini-batch" else 0.5
+    plain = train(X, y, config=config, lr=lr)
+    given = train(X, y, config=config, lr=lr, optimum=best)
+    assert given.history == plain.history
+    assert torch.equal(given.model.weight, plain.model.weight)
