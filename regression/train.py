@@ -73,6 +73,9 @@ class Checkpointer:
 # stay in the cache, so the data is read from memory about once per epoch, not several times.
 CPU_SLICE_BYTES = 4 << 20
 
+# On CUDA the loop reads the epoch losses (a wait for the device) every this many epochs
+CUDA_READ_EVERY = 16
+
 
 def train(
     X: torch.Tensor | Source,
@@ -88,6 +91,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     world: World = SINGLE,
     optimum: float | None = None,
+    read_every: int | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
     device, or a Source that yields them (see batches.py).
@@ -100,7 +104,8 @@ def train(
     continues from a saved state. ``should_stop`` is asked after every step; when it says
     yes the loop saves the state of the last whole epoch (if checkpointing) and raises
     TrainingStopped. ``optimum`` is the least-squares mean squared error of the training
-    rows (of every rank), if known: see EarlyStopping.
+    rows (of every rank), if known: see EarlyStopping. ``read_every``: epochs between reads
+    of the loss (default: every epoch on the CPU, CUDA_READ_EVERY on CUDA).
 
     Under torchrun (``world``) each rank holds a shard; the model is wrapped in
     DistributedDataParallel, whose gradient averaging is scaled so that every step uses the
@@ -174,17 +179,27 @@ def train(
     if whole is not None and source.device.type == "cuda":
         graphed = _capture_step(model, optimizer, loss_fn, *whole)
     scale = world.size  # DistributedDataParallel averages gradients over the ranks
+    # Reading a loss waits for the device: on CUDA the losses are kept there and read every
+    # ``read_every`` epochs (the stopping rule then acts up to that many epochs late). Where a
+    # loss decides that epoch's step (the optimum, see EarlyStopping) or is summed over ranks,
+    # it is read at once.
+    if exact or world.distributed:
+        read_every = 1
+    elif read_every is None:
+        read_every = CUDA_READ_EVERY if source.device.type == "cuda" else 1
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # unread (loss, val loss)
+    converged = False
     start = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
         if graphed is not None:
             graphed.replay()  # forward, backward and SGD step as one CUDA graph
-            epoch_loss = float(graphed.loss.item())
+            epoch_loss = graphed.loss.detach().clone()
         elif whole is not None:  # one block: the fewest operations an epoch
             _clear_grads(params)
             loss = loss_fn(model(whole[0]), whole[1]) / n
             loss.backward()
-            epoch_loss = float(loss.item())
-            if not stopper.at_optimum(epoch_loss):
+            epoch_loss = loss.detach()
+            if not (exact and stopper.at_optimum(float(epoch_loss))):
                 step(optimizer)
         elif full_batch:
             _clear_grads(params)
@@ -199,12 +214,13 @@ def train(
             with torch.no_grad():
                 for param in params:
                     param.grad.mul_(scale / total_n)  # type: ignore[union-attr]
-            total = (torch.stack(losses) / total_n).sum(dtype=torch.float64)
-            epoch_loss = float(world.sum(total.item()))
-            if not stopper.at_optimum(epoch_loss):  # the same on every rank
+            epoch_loss = (torch.stack(losses) / total_n).sum(dtype=torch.float64)
+            if world.distributed:
+                epoch_loss = torch.tensor(world.sum(epoch_loss.item()), dtype=torch.float64)
+            if not (exact and stopper.at_optimum(float(epoch_loss))):  # alike on every rank
                 step(optimizer)
         else:
-            total = torch.zeros((), dtype=torch.float64, device=source.device)
+            epoch_loss = torch.zeros((), dtype=torch.float64, device=source.device)
             order = torch.randperm(steps, generator=shuffle).tolist()
             for k, index in enumerate(order):
                 first, last = blocks[index] if index < len(blocks) else (n, n)
@@ -213,41 +229,91 @@ def train(
                 _clear_grads(params)
                 (loss * (scale / step_rows[index])).backward()
                 step(optimizer)
-                total += loss.detach() / total_n
+                epoch_loss += loss.detach() / total_n
                 if not world.distributed and k + 1 < steps and should_stop and should_stop():
                     assert mark is not None
                     _stop(mark, history, val_history, checkpointer)
-            epoch_loss = float(world.sum(total.item()))
-        if not math.isfinite(epoch_loss):
-            raise DivergedError(
-                f"the training loss became {epoch_loss} at epoch {epoch} with --lr {lr:g}; "
-                "lower --lr, keep --standardize, or use --lr auto"
-            )
-        history.append(epoch_loss)
-        val_loss = None
-        if val is not None and val_history is not None:
+            if world.distributed:
+                epoch_loss = torch.tensor(world.sum(epoch_loss.item()), dtype=torch.float64)
+        val_sum = None  # the hold-out's sum of squares
+        if val is not None:
             with torch.no_grad():
-                val_loss = float(world.sum(loss_fn(model(val[0]), val[1]).item())) / val_n
-            val_history.append(val_loss)
-        if progress is not None:
-            elapsed = time.perf_counter() - start
-            progress(Progress(epoch, config.epochs, epoch_loss, elapsed, val_loss))
-        done = stopper.update(epoch_loss)
-        if checkpointer is not None and epoch % checkpointer.every == 0:
+                val_sum = loss_fn(model(val[0]), val[1]).detach()
+            if world.distributed:
+                val_sum = torch.tensor(world.sum(val_sum.item()), dtype=torch.float64)
+        pending.append((epoch_loss, val_sum))
+        stopping = should_stop is not None and _any_rank(world, should_stop())
+        saving = checkpointer is not None and epoch % checkpointer.every == 0
+        if not (len(pending) >= read_every or stopping or saving or epoch == config.epochs):
+            continue
+        done = _record(
+            pending,
+            epoch,
+            history,
+            val_history,
+            stopper,
+            lambda at, loss, val_value: (
+                progress(Progress(at, config.epochs, loss, time.perf_counter() - start, val_value))
+                if progress is not None
+                else None
+            ),
+            lr,
+            val_n,
+        )
+        pending = []
+        converged = converged or done
+        if saving:
+            assert checkpointer is not None
             checkpointer.save(_with_history(snapshot(epoch), history, val_history))
         if mark is not None:
             mark = snapshot(epoch)
         if done:
             break
-        if should_stop is not None and _any_rank(world, should_stop()):
+        if stopping:
             _stop(mark or snapshot(epoch), history, val_history, checkpointer)
     return Trained(
         model=model,
         history=history,
         val_history=val_history,
-        converged=stopper.converged,
+        converged=converged,
         lr=lr,
     )
+
+
+def _record(
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]],
+    last: int,
+    history: list[float],
+    val_history: list[float] | None,
+    stopper: EarlyStopping,
+    report: Callable[[int, float, float | None], None],
+    lr: float,
+    val_n: int,
+) -> bool:
+    """Read the losses of epochs ``last - len(pending) + 1`` to ``last`` (one wait for the
+    device), record them and feed the stopping rule; True when it is met."""
+    if len(pending) == 1:
+        values = [float(pending[0][0].item())]
+    else:
+        values = torch.stack([loss.to(torch.float64) for loss, _ in pending]).tolist()
+    val_values: list[float | None] = [None] * len(pending)
+    if val_history is not None:
+        sums = [val.to(torch.float64) for _, val in pending if val is not None]
+        val_values = [value / val_n for value in torch.stack(sums).tolist()]
+    done = False
+    for offset, (loss, val_loss) in enumerate(zip(values, val_values, strict=True)):
+        epoch = last - len(pending) + 1 + offset
+        if not math.isfinite(loss):
+            raise DivergedError(
+                f"the training loss became {loss} at epoch {epoch} with --lr {lr:g}; "
+                "lower --lr, keep --standardize, or use --lr auto"
+            )
+        history.append(loss)
+        if val_history is not None and val_loss is not None:
+            val_history.append(val_loss)
+        report(epoch, loss, val_loss)
+        done = stopper.update(loss) or done
+    return done
 
 
 def _block_rows(size: int, batch: int, k: int) -> int:

@@ -17,7 +17,7 @@ from regression.device import resolve_device
 from regression.errors import DeviceUnavailableError, DivergedError
 from regression.model import Scaling, target_tensor, to_training_tensor
 from regression.pipeline import RunResult, run_training
-from regression.train import Curvature, EarlyStopping, Progress, train
+from regression.train import Checkpointer, Curvature, EarlyStopping, LoopState, Progress, train
 
 without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -552,3 +552,63 @@ def test_the_optimum_is_not_used_where_it_cannot_be_trusted(case: str) -> None:
     given = train(X, y, config=config, lr=lr, optimum=best)
     assert given.history == plain.history
     assert torch.equal(given.model.weight, plain.model.weight)
+
+
+# -- losses read every k epochs (what CUDA runs do, so that a step does not wait) ------------
+
+
+def _read_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    X, y, _ = _optimum_problem(torch.float32)
+    return X, y
+
+
+@pytest.mark.parametrize("batch_size", [0, 700])
+def test_reading_the_loss_every_k_epochs_changes_no_number(batch_size: int) -> None:
+    X, y = _read_problem()
+    config = TrainConfig(epochs=30, tol=0.0, batch_size=batch_size, momentum=0.5, device="cpu")
+    val = (X[:500], y[:500])
+    every: list[Progress] = []
+    each = train(X, y, config=config, lr=0.05, val=val)
+    batched = train(X, y, config=config, lr=0.05, val=val, read_every=8, progress=every.append)
+    assert batched.history == each.history and batched.val_history == each.val_history
+    assert torch.equal(batched.model.weight, each.model.weight)
+    assert [p.epoch for p in every] == list(range(1, 31))  # every epoch reported, in order
+    assert [p.loss for p in every] == each.history
+
+
+def test_reading_every_k_epochs_stops_at_the_next_read() -> None:
+    """The stopping rule sees the losses k at a time: the run stops at the first read at or
+    after the epoch where the rule was met, with the same losses until then."""
+    X, y = _read_problem()
+    config = TrainConfig(epochs=1000, tol=1e-3, patience=3, device="cpu")
+    each = train(X, y, config=config, lr=0.05)
+    batched = train(X, y, config=config, lr=0.05, read_every=8)
+    assert each.converged and batched.converged
+    stop = len(each.history)
+    assert len(batched.history) == -(-stop // 8) * 8
+    assert batched.history[:stop] == each.history
+
+
+def test_reading_every_k_epochs_names_the_epoch_that_diverged() -> None:
+    X, y = _read_problem()
+    config = TrainConfig(epochs=200, tol=0.0, device="cpu")
+    with pytest.raises(DivergedError) as each:
+        train(X, y, config=config, lr=50.0)
+    with pytest.raises(DivergedError) as batched:
+        train(X, y, config=config, lr=50.0, read_every=16)
+    assert str(batched.value) == str(each.value)
+
+
+def test_reading_every_k_epochs_saves_checkpoints_at_their_epochs() -> None:
+    X, y = _read_problem()
+    config = TrainConfig(epochs=10, tol=0.0, device="cpu")
+    saved: dict[str, list[LoopState]] = {"each": [], "batched": []}
+    for name, k in (("each", 1), ("batched", 4)):
+        train(
+            X, y, config=config, lr=0.05, read_every=k,
+            checkpointer=Checkpointer(saved[name].append, 3),
+        )  # fmt: skip
+    assert [s.epoch for s in saved["batched"]] == [3, 6, 9]
+    for a, b in zip(saved["each"], saved["batched"], strict=True):
+        assert a.history == b.history and len(b.history) == b.epoch
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
