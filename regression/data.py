@@ -7,7 +7,7 @@ import hashlib
 import math
 import mmap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -204,9 +204,9 @@ class Moments:
     def merge(self, other: Moments) -> Moments:
         """The moments of both row sets together (Chan, Golub and LeVeque's pairwise update:
         no sums of raw squares, so no cancellation)."""
-        n = self.samples + other.samples
         if not self.samples or not other.samples:
             return other if not self.samples else self
+        n = self.samples + other.samples
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.samples / n)
         gram = self.gram + other.gram + np.outer(delta, delta) * (self.samples * other.samples / n)
@@ -234,14 +234,12 @@ def moments(
     y: np.ndarray | None = None,
     *,
     world: World = SINGLE,
-    each: Callable[[np.ndarray], None] | None = None,
 ) -> Moments:
     """The moments of the columns of X (and y after them) in one streamed pass, over the
     rows of every rank in rank order.
 
     Each chunk is shifted by its first row before its mean is taken, so a constant column
-    has exactly its value as mean and exactly zero spread. ``each`` sees every chunk of X
-    (float64, in order) before it is used, for work that can share the pass.
+    has exactly its value as mean and exactly zero spread.
     """
     d = X.shape[1]
     k = d + (y is not None)
@@ -252,8 +250,6 @@ def moments(
         block = np.empty((stop - start, k))
         block[:, :d] = X[start:stop]
         release(X, start, stop)
-        if each is not None:
-            each(block[:, :d])
         if y is not None:
             block[:, d] = y[start:stop]
             release(y, start, stop)

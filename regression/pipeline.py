@@ -177,13 +177,8 @@ def run_training(
             momentum=momentum,
             validation=val is not None,
         )
-    if config.checkpoint_every and world.is_main:  # one rank writes; all hold the same state
-        saved_identity = identity
-        assert saved_identity is not None
-        checkpointer = Checkpointer(
-            lambda state: save_checkpoint(checkpoint_path, state, saved_identity),
-            config.checkpoint_every,
-        )
+        if config.checkpoint_every and world.is_main:  # one rank writes; all hold the same
+            checkpointer = _checkpointer(checkpoint_path, identity, config.checkpoint_every)
     trained = train(
         source,
         config=config,
@@ -257,6 +252,10 @@ def run_training(
         val_samples=int(world.sum(val_data.samples if val_data else 0)),
         durbin_watson=_durbin_watson(ResidualRun.concat(runs), world),
     )
+
+
+def _checkpointer(path: Path, identity: RunIdentity, every: int) -> Checkpointer:
+    return Checkpointer(lambda state: save_checkpoint(path, state, identity), every)
 
 
 def _durbin_watson(local: ResidualRun, world: World) -> float | None:
