@@ -16,14 +16,21 @@ from .config import TrainConfig
 from .distributed import SINGLE, World
 from .errors import DataError
 
-CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes
+CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes ...
+CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of float64 (wide data: fewer rows)
+
+
+def chunk_rows(features: int) -> int:
+    """Rows per chunk of a streaming pass over data with ``features`` columns."""
+    return min(CHUNK_ROWS, max(1, CHUNK_BYTES // (8 * max(features, 1))))
 
 
 def chunks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, float64 copy of the rows) a chunk at a time. For a memory-mapped file the
+    """(first row, float64 copy of the rows) a chunk at a time (``chunk_rows``, so a chunk of
+    wide data stays a few MB). For a memory-mapped file the
     pages of each chunk are given back after it is copied, so a pass over a file of any size
     holds one chunk in memory (the file stays in the page cache, not in this process)."""
-    size = size or CHUNK_ROWS
+    size = size or chunk_rows(array.shape[1] if array.ndim > 1 else 1)
     for start in range(0, array.shape[0], size):
         stop = min(start + size, array.shape[0])
         block = np.array(array[start:stop], dtype=np.float64, order="C")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import CHUNK_ROWS, release
+from .data import chunk_rows, release
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ def to_training_tensor(
     n, d = X.shape
     out = torch.empty((n, d), dtype=dtype, device=device)
     mean, scale = torch.from_numpy(scaling.mean), torch.from_numpy(scaling.scale)
-    for start in range(0, n, CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, n)
+    size = chunk_rows(d)
+    for start in range(0, n, size):
+        stop = min(start + size, n)
         rows = X[start:stop]
         if rows.dtype != np.float64 or not rows.flags.writeable or min(rows.strides) < 0:
             rows = np.array(rows, dtype=np.float64)  # what torch.from_numpy can take

@@ -269,3 +269,14 @@ def test_background_digest_is_the_digest_and_reraises() -> None:
     broken = dataclasses.replace(data, y=None)  # type: ignore[arg-type]
     with pytest.raises(AttributeError):  # raised in the thread, re-raised by result()
         regression.data.BackgroundDigest(broken).result()
+
+
+def test_chunks_of_wide_data_stay_a_few_megabytes() -> None:
+    """Chunks hold at most CHUNK_ROWS rows and CHUNK_BYTES of float64, so a pass over wide
+    data (and the two that may run at once) holds a few MB, not CHUNK_ROWS wide rows."""
+    wide = np.zeros((5000, 2000), dtype=np.float32)
+    sizes = [len(block) for _, block in regression.data.chunks(wide)]
+    assert sum(sizes) == 5000
+    assert max(sizes) * 2000 * 8 <= regression.data.CHUNK_BYTES
+    narrow = np.zeros((200_000, 3))
+    assert max(len(b) for _, b in regression.data.chunks(narrow)) == regression.data.CHUNK_ROWS
