@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import regression.train
 from regression.config import TrainConfig
 from regression.data import Dataset, column_stats, synthetic
 from regression.device import resolve_device
@@ -612,3 +613,72 @@ def test_reading_every_k_epochs_saves_checkpoints_at_their_epochs() -> None:
     for a, b in zip(saved["each"], saved["batched"], strict=True):
         assert a.history == b.history and len(b.history) == b.epoch
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+# -- CPU full batches in slices, shared by threads ---------------------------------------------
+
+
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices of 4 KB, so that a few thousand rows make many of them."""
+    monkeypatch.setattr(regression.train, "CPU_SLICE_BYTES", 4096)
+
+
+def _sliced_problem() -> tuple[torch.Tensor, torch.Tensor]:
+    X, y, _ = _optimum_problem(torch.float64)
+    return X, y
+
+
+@pytest.mark.usefixtures("small_slices")
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sliced_epochs_equal_one_block_whatever_the_threads(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices taken in turn by 1, 2 or 3 threads give the one-block full-batch run to
+    float64 rounding (the gradients add up in another order), and the same run twice gives
+    the same bits."""
+    X, y = _sliced_problem()
+    config = TrainConfig(epochs=40, tol=0.0, momentum=0.5, device="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sliced = train(X, y, config=config, lr=0.1)
+        again = train(X, y, config=config, lr=0.1)
+        assert torch.get_num_threads() == threads  # put back after training
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(regression.train, "CPU_SLICE_BYTES", 1 << 40)  # one block
+    whole = train(X, y, config=config, lr=0.1)
+    np.testing.assert_allclose(sliced.history, whole.history, rtol=1e-12)
+    np.testing.assert_allclose(
+        sliced.model.weight.detach(), whole.model.weight.detach(), rtol=1e-11
+    )
+    assert sliced.history == again.history
+    assert torch.equal(sliced.model.weight, again.model.weight)
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_sliced_training_puts_the_thread_count_back_after_an_error() -> None:
+    X, y = _sliced_problem()
+    before = torch.get_num_threads()
+    with pytest.raises(DivergedError):
+        train(X, y, config=TrainConfig(epochs=200, tol=0.0, device="cpu"), lr=50.0)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_threads_share_the_slices_only_with_more_than_one_thread() -> None:
+    model = torch.nn.Linear(3, 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert regression.train._Slicers.start(model, 10, torch.nn.MSELoss()) is None
+        torch.set_num_threads(2)
+        pool = regression.train._Slicers.start(model, 10, torch.nn.MSELoss(reduction="sum"))
+        assert pool is not None and len(pool.replicas) == 2
+        assert torch.get_num_threads() == 1  # each thread's operations run on one core
+        pool.close()
+        assert torch.get_num_threads() == 2
+        assert regression.train._Slicers.start(model, 1, torch.nn.MSELoss()) is None
+    finally:
+        torch.set_num_threads(before)
