@@ -294,8 +294,8 @@ class _Slicers:
     given number of threads. Each thread's operations run single-threaded (torch's thread
     count is 1 while the pool lives; ``close`` restores it).
 
-    Measured on 1e7 x 16 float32 (2 cores): 2.3-2.7 passes over X an epoch, against 3.7 with
-    every slice in turn on both cores."""
+    Measured on 1e7 x 16 float32 (2 cores, benchmarks/RESULTS.md): 3.0 passes over X an
+    epoch, against 4.2 with every slice in turn on both cores."""
 
     def __init__(
         self, replicas: list[torch.nn.Linear], loss_fn: torch.nn.MSELoss, threads: int
@@ -336,8 +336,8 @@ class _Slicers:
             )
         )
         with torch.no_grad():
-            model.weight.grad = sum_in_order([r.weight.grad for r in self.replicas])
-            model.bias.grad = sum_in_order([r.bias.grad for r in self.replicas])
+            model.weight.grad = _sum_in_order([r.weight.grad for r in self.replicas])
+            model.bias.grad = _sum_in_order([r.bias.grad for r in self.replicas])
         losses: list[torch.Tensor] = []
         for k in range(len(blocks)):
             losses.append(parts[k % count][k // count])
@@ -359,7 +359,7 @@ class _Slicers:
         torch.set_num_threads(self.threads)
 
 
-def sum_in_order(tensors: list[torch.Tensor | None]) -> torch.Tensor:
+def _sum_in_order(tensors: list[torch.Tensor | None]) -> torch.Tensor:
     """t0 + t1 + ... from left to right (every one is set after a pass over its slices)."""
     total = tensors[0]
     assert total is not None
