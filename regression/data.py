@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from .config import TrainConfig
 from .distributed import SINGLE, World
 from .errors import DataError
+from .threads import CorePool
 
 CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes ...
 CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of float64 (wide data: fewer rows)
@@ -246,31 +248,49 @@ def moments(
     rows of every rank in rank order.
 
     Each chunk is shifted by its first row before its mean is taken, so a constant column
-    has exactly its value as mean and exactly zero spread.
+    has exactly its value as mean and exactly zero spread. The chunks (2 MB, so they stay in
+    cache) are shared by one thread per core (threads.CorePool) and their moments merged in
+    row order, so the result does not depend on the number of threads.
     """
-    d = X.shape[1]
-    k = d + (y is not None)
+    k = X.shape[1] + (y is not None)
     total = Moments(samples=0, mean=np.zeros(k), gram=np.zeros((k, k)))
-    rows = min(CHUNK_ROWS, max(1, (2 << 20) // (8 * k)))  # blocks of 2 MB stay in cache
-    for start in range(0, X.shape[0], rows):
-        stop = min(start + rows, X.shape[0])
-        block = np.empty((stop - start, k))
-        block[:, :d] = X[start:stop]
-        release(X, start, stop)
-        if y is not None:
-            block[:, d] = y[start:stop]
-            release(y, start, stop)
-        shift = block[0].copy()
-        block -= shift
-        mean = np.ones(len(block)) @ block / len(block)  # a BLAS product: faster than .mean
-        block -= mean
-        total = total.merge(Moments(samples=stop - start, mean=shift + mean, gram=block.T @ block))
+    rows = min(CHUNK_ROWS, max(1, (2 << 20) // (8 * k)))
+    starts = range(0, X.shape[0], rows)
+
+    def chunk(start: int) -> Moments:
+        return _chunk_moments(X, y, start, min(start + rows, X.shape[0]))
+
+    pool = CorePool.start(len(starts))
+    try:
+        parts = map(chunk, starts) if pool is None else pool.executor.map(chunk, starts)
+        for part in parts:  # in row order, as they come
+            total = total.merge(part)
+    finally:
+        if pool is not None:
+            pool.close()
     if world.distributed:
-        parts = world.gather(total.as_array())
+        ranks = world.gather(total.as_array())
         total = Moments(samples=0, mean=np.zeros(k), gram=np.zeros((k, k)))
-        for part in parts:
-            total = total.merge(Moments.from_array(part))
+        for array in ranks:
+            total = total.merge(Moments.from_array(array))
     return total
+
+
+def _chunk_moments(X: np.ndarray, y: np.ndarray | None, start: int, stop: int) -> Moments:
+    d = X.shape[1]
+    block = np.empty((stop - start, d + (y is not None)))
+    block[:, :d] = X[start:stop]
+    release(X, start, stop)
+    if y is not None:
+        block[:, d] = y[start:stop]
+        release(y, start, stop)
+    rows = torch.from_numpy(block)  # torch: its operations let go of the GIL
+    shift = rows[0].clone()
+    rows -= shift
+    mean = torch.mv(rows.t(), torch.ones(len(rows), dtype=torch.float64)) / len(rows)
+    rows -= mean
+    gram = rows.t().mm(rows)
+    return Moments(samples=stop - start, mean=(shift + mean).numpy(), gram=gram.numpy())
 
 
 def first_row(X: np.ndarray, world: World) -> np.ndarray:

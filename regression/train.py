@@ -3,7 +3,6 @@ shuffled mini-batches, with early stopping. It never prints: progress goes to a 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -21,6 +20,7 @@ from .distributed import SINGLE, World
 from .errors import DivergedError, TrainingStopped
 from .model import build_model
 from .optim import sgd, step
+from .threads import CorePool
 
 
 @dataclass(frozen=True)
@@ -289,35 +289,31 @@ class _Slicers:
     """A CPU full-batch epoch in slices, shared by threads: thread k takes slices k, k + T,
     k + 2T, ... with its own replica of the model (the same nn.Linear and MSELoss, with the
     epoch's parameters), so each core streams its own slices and rereads them for the
-    backward pass from its own cache. The replicas' gradients are then added in thread order
-    into the model's, so the sum does not depend on timing: runs are deterministic for a
-    given number of threads. Each thread's operations run single-threaded (torch's thread
-    count is 1 while the pool lives; ``close`` restores it).
+    backward pass from its own cache (see threads.CorePool). The replicas' gradients are then
+    added in thread order into the model's, so the sum does not depend on timing: runs are
+    deterministic for a given number of threads.
 
     Measured on 1e7 x 16 float32 (2 cores, benchmarks/RESULTS.md): 3.0 passes over X an
     epoch, against 4.2 with every slice in turn on both cores."""
 
     def __init__(
-        self, replicas: list[torch.nn.Linear], loss_fn: torch.nn.MSELoss, threads: int
+        self, replicas: list[torch.nn.Linear], loss_fn: torch.nn.MSELoss, pool: CorePool
     ) -> None:
-        self.replicas, self.loss_fn, self.threads = replicas, loss_fn, threads
-        self.pool = concurrent.futures.ThreadPoolExecutor(len(replicas))
-        torch.set_num_threads(1)
+        self.replicas, self.loss_fn, self.pool = replicas, loss_fn, pool
 
     @classmethod
     def start(
         cls, model: torch.nn.Linear, slices: int, loss_fn: torch.nn.MSELoss
     ) -> _Slicers | None:
         """A pool of up to torch's thread count, or None where one thread would do."""
-        threads = torch.get_num_threads()
-        workers = min(threads, slices)
-        if workers < 2:
+        pool = CorePool.start(slices)
+        if pool is None:
             return None
         replicas = [
             build_model(model.in_features, device=model.weight.device, dtype=model.weight.dtype)
-            for _ in range(workers)
+            for _ in range(pool.workers)
         ]
-        return cls(replicas, loss_fn, threads)
+        return cls(replicas, loss_fn, pool)
 
     def epoch(
         self, model: torch.nn.Linear, source: Source, blocks: list[tuple[int, int]]
@@ -331,7 +327,7 @@ class _Slicers:
                 replica.weight.grad = replica.bias.grad = None
         count = len(self.replicas)
         parts = list(
-            self.pool.map(
+            self.pool.executor.map(
                 lambda k: self._slices(self.replicas[k], source, blocks[k::count]), range(count)
             )
         )
@@ -355,8 +351,7 @@ class _Slicers:
         return losses
 
     def close(self) -> None:
-        self.pool.shutdown()
-        torch.set_num_threads(self.threads)
+        self.pool.close()
 
 
 def _sum_in_order(tensors: list[torch.Tensor | None]) -> torch.Tensor:

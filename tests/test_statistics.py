@@ -334,7 +334,9 @@ def test_residual_runs_of_shards_join_in_order() -> None:
     shards = [residual_run(X[a:b], y[a:b], ls) for a, b in itertools.pairwise(cuts)]
     assert shards[1].empty and shards[1].durbin_watson is None
     joined = ResidualRun.concat([ResidualRun.from_array(s.as_array()) for s in shards])
-    assert joined.first == whole.first and joined.last == whole.last
+    # the same rows' residuals, through BLAS calls of other shapes: equal to rounding
+    assert joined.first == pytest.approx(whole.first, rel=1e-13)
+    assert joined.last == pytest.approx(whole.last, rel=1e-13)
     assert joined.squares == pytest.approx(whole.squares, rel=1e-13)
     assert joined.steps == pytest.approx(whole.steps, rel=1e-13)
     assert whole.durbin_watson is not None and whole.durbin_watson < 1  # positive correlation
