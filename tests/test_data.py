@@ -280,3 +280,25 @@ def test_chunks_of_wide_data_stay_a_few_megabytes() -> None:
     assert max(sizes) * 2000 * 8 <= regression.data.CHUNK_BYTES
     narrow = np.zeros((200_000, 3))
     assert max(len(b) for _, b in regression.data.chunks(narrow)) == regression.data.CHUNK_ROWS
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_moments_do_not_depend_on_the_thread_count(threads: int) -> None:
+    """The chunks' moments are merged in row order whichever thread made them: the same bits
+    with 1, 2 or 3 threads, and torch's thread count is put back."""
+    import torch
+
+    rng = np.random.default_rng(14)
+    X, y = rng.normal(3.0, 2.0, size=(120_000, 5)), rng.normal(size=120_000)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = regression.data.moments(X, y)
+        torch.set_num_threads(threads)
+        many = regression.data.moments(X, y)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert many.samples == one.samples
+    np.testing.assert_array_equal(many.mean, one.mean)
+    np.testing.assert_array_equal(many.gram, one.gram)
