@@ -210,6 +210,11 @@ class Moments:
     mean: np.ndarray
     gram: np.ndarray
 
+    @classmethod
+    def empty(cls, columns: int) -> Moments:
+        """The moments of no rows."""
+        return cls(samples=0, mean=np.zeros(columns), gram=np.zeros((columns, columns)))
+
     def merge(self, other: Moments) -> Moments:
         """The moments of both row sets together (Chan, Golub and LeVeque's pairwise update:
         no sums of raw squares, so no cancellation)."""
@@ -253,7 +258,7 @@ def moments(
     row order, so the result does not depend on the number of threads.
     """
     k = X.shape[1] + (y is not None)
-    total = Moments(samples=0, mean=np.zeros(k), gram=np.zeros((k, k)))
+    total = Moments.empty(k)
     rows = min(CHUNK_ROWS, max(1, (2 << 20) // (8 * k)))
     starts = range(0, X.shape[0], rows)
 
@@ -270,7 +275,7 @@ def moments(
             pool.close()
     if world.distributed:
         ranks = world.gather(total.as_array())
-        total = Moments(samples=0, mean=np.zeros(k), gram=np.zeros((k, k)))
+        total = Moments.empty(k)
         for array in ranks:
             total = total.merge(Moments.from_array(array))
     return total

@@ -244,7 +244,7 @@ def test_moments_of_parts_merge_to_the_moments_of_the_whole() -> None:
     rng = np.random.default_rng(12)
     X, y = rng.normal(5.0, 3.0, size=(3001, 4)), rng.normal(size=3001)
     whole = regression.data.moments(X, y)
-    merged = regression.data.Moments(samples=0, mean=np.zeros(5), gram=np.zeros((5, 5)))
+    merged = regression.data.Moments.empty(5)
     for a, b in [(0, 1000), (1000, 1000), (1000, 2500), (2500, 3001)]:
         part = regression.data.moments(X[a:b], y[a:b])
         merged = merged.merge(regression.data.Moments.from_array(part.as_array()))
