@@ -121,7 +121,7 @@ def least_squares(
     )
 
 
-NORMAL_EQUATIONS_MIN_VALUES = 1 << 20  # N x (D + 1) below this, the TSQR costs little
+NORMAL_EQUATIONS_MIN_VALUES = 1 << 16  # N x (D + 1) below this, the TSQR costs little
 NORMAL_EQUATIONS_MAX_CONDITION = 1e4  # of the standardized Gram matrix (cond(X)^2)
 NORMAL_EQUATIONS_MAX_R2 = 1.0 - 1e-6
 

@@ -147,7 +147,10 @@ def train(
         sum(_block_rows(size, config.batch_size, k) for size in sizes) for k in range(steps)
     ]
     shuffle = torch.Generator().manual_seed(config.seed)
-    single = full_batch and len(blocks) == 1 and not world.distributed
+    # CPU full batches in closed form, slices shared by threads (see _Sums); elsewhere
+    # autograd, and a one-block batch on a GPU as one captured graph
+    closed_form = full_batch and not world.distributed and source.device.type == "cpu"
+    single = full_batch and len(blocks) == 1 and not world.distributed and not closed_form
     # the optimum is only used where the loss is exact enough to compare with it, and where
     # the loop can skip a step (a captured CUDA graph always steps)
     exact = (
@@ -190,10 +193,7 @@ def train(
         read_every = CUDA_READ_EVERY if source.device.type == "cuda" else 1
     pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # unread (loss, val loss)
     converged = False
-    # CPU full batches in slices: threads take turns over the slices (see _Slicers)
-    slicers = None
-    if full_batch and not single and not world.distributed and source.device.type == "cpu":
-        slicers = _Slicers.start(model, len(blocks), loss_fn)
+    sums = _Sums.start(len(blocks)) if closed_form else None
     start = time.perf_counter()
 
     def report(epoch: int, loss: float, val_loss: float | None) -> None:
@@ -206,7 +206,7 @@ def train(
             if graphed is not None:
                 graphed.replay()  # forward, backward and SGD step as one CUDA graph
                 epoch_loss = graphed.loss.detach().clone()
-            elif whole is not None:  # one block: the fewest operations an epoch
+            elif whole is not None:  # one block on a GPU: the fewest operations an epoch
                 _clear_grads(params)
                 loss = loss_fn(model(whole[0]), whole[1]) / n
                 loss.backward()
@@ -215,8 +215,8 @@ def train(
                     step(optimizer)
             elif full_batch:
                 _clear_grads(params)
-                if slicers is not None:
-                    losses = slicers.epoch(model, source, blocks)
+                if sums is not None:
+                    losses = sums.epoch(model, source, blocks)
                 else:
                     losses = []
                     for k, (first, last) in enumerate(blocks):  # slices of one batch: gradients add
@@ -274,8 +274,8 @@ def train(
             if stopping:
                 _stop(mark or snapshot(epoch), history, val_history, checkpointer)
     finally:
-        if slicers is not None:
-            slicers.close()
+        if sums is not None:
+            sums.close()
     return Trained(
         model=model,
         history=history,
@@ -285,73 +285,87 @@ def train(
     )
 
 
-class _Slicers:
-    """A CPU full-batch epoch in slices, shared by threads: thread k takes slices k, k + T,
-    k + 2T, ... with its own replica of the model (the same nn.Linear and MSELoss, with the
-    epoch's parameters), so each core streams its own slices and rereads them for the
-    backward pass from its own cache (see threads.CorePool). The replicas' gradients are then
-    added in thread order into the model's, so the sum does not depend on timing: runs are
-    deterministic for a given number of threads.
+class _Sums:
+    """A CPU full-batch epoch: the summed MSELoss of nn.Linear over every slice of the rows,
+    and its gradient, in closed form. For the residuals r = X @ weight.T + bias - y of a
+    slice, MSELoss(reduction="sum") is r . r and its gradient is 2 X.T r for the weight and
+    2 sum(r) for the bias: what autograd computes through nn.Linear and MSELoss, by
+    matrix-vector products (dot products for one feature) on the slice while it is in the
+    cache. Autograd's route costs more: addmm and mm are general matrix products, which for
+    one input column are degenerate (10x a pass each in MKL), and every slice builds and
+    walks a graph (about 35 us). Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md):
+    2.9 passes over X an epoch through autograd, about 2 in closed form; 1e8 x 1: 17 -> 3.5.
 
-    Measured on 1e7 x 16 float32 (2 cores, benchmarks/RESULTS.md): 3.0 passes over X an
-    epoch, against 4.2 with every slice in turn on both cores."""
+    The slices are shared by one thread per core (threads.CorePool): thread k takes slices
+    k, k + T, k + 2T, ..., so each core streams its own slices and rereads them from its own
+    cache; the threads' sums are then added in thread order, so the result does not depend
+    on timing: runs are deterministic for a given number of threads.
+    """
 
-    def __init__(
-        self, replicas: list[torch.nn.Linear], loss_fn: torch.nn.MSELoss, pool: CorePool
-    ) -> None:
-        self.replicas, self.loss_fn, self.pool = replicas, loss_fn, pool
+    def __init__(self, pool: CorePool | None) -> None:
+        self.pool = pool
 
     @classmethod
-    def start(
-        cls, model: torch.nn.Linear, slices: int, loss_fn: torch.nn.MSELoss
-    ) -> _Slicers | None:
-        """A pool of up to torch's thread count, or None where one thread would do."""
-        pool = CorePool.start(slices)
-        if pool is None:
-            return None
-        replicas = [
-            build_model(model.in_features, device=model.weight.device, dtype=model.weight.dtype)
-            for _ in range(pool.workers)
-        ]
-        return cls(replicas, loss_fn, pool)
+    def start(cls, slices: int) -> _Sums:
+        return cls(CorePool.start(slices))
 
     def epoch(
         self, model: torch.nn.Linear, source: Source, blocks: list[tuple[int, int]]
     ) -> list[torch.Tensor]:
         """Sets the gradient of ``model``'s summed loss over every slice; returns the slices'
         loss sums in slice order."""
-        with torch.no_grad():
-            for replica in self.replicas:
-                replica.weight.copy_(model.weight)
-                replica.bias.copy_(model.bias)
-                replica.weight.grad = replica.bias.grad = None
-        count = len(self.replicas)
-        parts = list(
-            self.pool.executor.map(
-                lambda k: self._slices(self.replicas[k], source, blocks[k::count]), range(count)
-            )
-        )
-        with torch.no_grad():
-            model.weight.grad = _sum_in_order([r.weight.grad for r in self.replicas])
-            model.bias.grad = _sum_in_order([r.bias.grad for r in self.replicas])
-        losses: list[torch.Tensor] = []
-        for k in range(len(blocks)):
-            losses.append(parts[k % count][k // count])
-        return losses
+        weight = model.weight.detach().reshape(-1)
+        bias = model.bias.detach()
 
-    def _slices(
-        self, replica: torch.nn.Linear, source: Source, blocks: list[tuple[int, int]]
-    ) -> list[torch.Tensor]:
-        losses = []
-        for first, last in blocks:
-            X_rows, y_rows = source.rows(first, last)
-            loss = self.loss_fn(replica(X_rows), y_rows)
-            loss.backward()
-            losses.append(loss.detach())
-        return losses
+        def part(k: int, count: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+            return _slice_sums(source, blocks[k::count], weight, bias)
+
+        if self.pool is None:
+            parts = [part(0, 1)]
+        else:
+            count = self.pool.workers
+            parts = list(self.pool.executor.map(lambda k: part(k, count), range(count)))
+        with torch.no_grad():
+            model.weight.grad = _sum_in_order([g for _, g, _ in parts]).mul_(2).reshape(1, -1)
+            model.bias.grad = _sum_in_order([g for _, _, g in parts]).mul_(2).reshape(1)
+        count = len(parts)
+        return [parts[k % count][0][k // count] for k in range(len(blocks))]
 
     def close(self) -> None:
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
+
+
+def _slice_sums(
+    source: Source, blocks: list[tuple[int, int]], weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """For each block of rows, sum(r^2) with r = X @ weight + bias - y; and X.T r and sum(r)
+    added up over the blocks in order (half the gradient of the summed squares)."""
+    losses = []
+    grad_weight = torch.zeros_like(weight)
+    grad_bias = torch.zeros_like(bias)
+    # one buffer for every block's residuals: a new one per block would be fresh memory,
+    # whose page faults cost more than the arithmetic
+    space = torch.empty(
+        max((last - first for first, last in blocks), default=0), dtype=weight.dtype
+    )
+    for first, last in blocks:
+        X_rows, y_rows = source.rows(first, last)
+        target = y_rows.reshape(-1)
+        residual = space[: last - first]
+        if X_rows.shape[1] == 1:  # elementwise: a matrix product with one column is slow
+            column = X_rows.reshape(-1)
+            # y - (x w + b): the residual's negative, so the sums below are subtracted
+            torch.addcmul(target, column, weight, value=-1, out=residual).sub_(bias)
+            losses.append(residual.dot(residual))
+            grad_weight -= column.dot(residual)
+            grad_bias -= residual.sum()
+        else:
+            torch.addmv(target, X_rows, weight, beta=-1, out=residual).add_(bias)
+            losses.append(residual.dot(residual))
+            grad_weight.addmv_(X_rows.t(), residual)
+            grad_bias += residual.sum()
+    return losses, grad_weight, grad_bias
 
 
 def _sum_in_order(tensors: list[torch.Tensor | None]) -> torch.Tensor:

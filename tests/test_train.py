@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import regression.train
+from regression.batches import TensorSource
 from regression.config import TrainConfig
 from regression.data import Dataset, column_stats, synthetic
 from regression.device import resolve_device
@@ -668,17 +669,93 @@ def test_sliced_training_puts_the_thread_count_back_after_an_error() -> None:
 
 @pytest.mark.usefixtures("small_slices")
 def test_threads_share_the_slices_only_with_more_than_one_thread() -> None:
-    model = torch.nn.Linear(3, 1)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert regression.train._Slicers.start(model, 10, torch.nn.MSELoss()) is None
+        assert regression.train._Sums.start(10).pool is None
         torch.set_num_threads(2)
-        pool = regression.train._Slicers.start(model, 10, torch.nn.MSELoss(reduction="sum"))
-        assert pool is not None and len(pool.replicas) == 2
+        sums = regression.train._Sums.start(10)
+        assert sums.pool is not None and sums.pool.workers == 2
         assert torch.get_num_threads() == 1  # each thread's operations run on one core
-        pool.close()
+        sums.close()
         assert torch.get_num_threads() == 2
-        assert regression.train._Slicers.start(model, 1, torch.nn.MSELoss()) is None
+        assert regression.train._Sums.start(1).pool is None
     finally:
         torch.set_num_threads(before)
+
+
+# -- the closed form against autograd through nn.Linear and MSELoss ------------------------
+
+
+@pytest.mark.parametrize("features", [1, 2, 16])
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_closed_form_epoch_is_autograds_gradient(
+    features: int, dtype: torch.dtype, rtol: float, threads: int
+) -> None:
+    """The slices' summed MSELoss and its gradient, as autograd computes them through
+    nn.Linear and MSELoss(reduction="sum") on the whole batch, to the dtype's rounding."""
+    generator = torch.Generator().manual_seed(features)
+    X = torch.randn(3000, features, generator=generator, dtype=dtype)
+    y = X.sum(dim=1, keepdim=True) * 2 + 3 + torch.randn(3000, 1, generator=generator, dtype=dtype)
+    model = torch.nn.Linear(features, 1, dtype=dtype)
+    with torch.no_grad():  # not at the optimum: every part of the gradient is large
+        model.weight.copy_(torch.linspace(-1, 1, features, dtype=dtype))
+        model.bias.fill_(0.5)
+    expected = torch.nn.MSELoss(reduction="sum")(model(X), y)
+    expected.backward()
+    want_weight, want_bias = model.weight.grad.clone(), model.bias.grad.clone()  # type: ignore[union-attr]
+    model.weight.grad = model.bias.grad = None
+    source = TensorSource(X, y)
+    blocks = [(first, min(first + 700, 3000)) for first in range(0, 3000, 700)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sums = regression.train._Sums.start(len(blocks))
+        try:
+            losses = sums.epoch(model, source, blocks)
+        finally:
+            sums.close()
+    finally:
+        torch.set_num_threads(before)
+    assert model.weight.grad is not None and model.bias.grad is not None
+    assert model.weight.grad.shape == model.weight.shape and model.bias.grad.shape == (1,)
+    assert model.weight.grad.dtype == dtype
+    assert len(losses) == len(blocks)
+    for loss, (first, last) in zip(losses, blocks, strict=True):
+        want = torch.nn.MSELoss(reduction="sum")(model(X[first:last]), y[first:last])
+        torch.testing.assert_close(loss, want.detach(), rtol=rtol, atol=0)
+    torch.testing.assert_close(sum(losses), expected.detach(), rtol=rtol, atol=0)
+    torch.testing.assert_close(model.weight.grad, want_weight, rtol=rtol, atol=rtol * 10)
+    torch.testing.assert_close(model.bias.grad, want_bias, rtol=rtol, atol=rtol * 10)
+
+
+@pytest.mark.parametrize("features", [1, 4])
+def test_cpu_full_batch_training_is_the_tutorial_loop(features: int) -> None:
+    """train() on the CPU, full batch, against the plain loop it replaces: nn.Linear,
+    MSELoss, zero_grad, backward and SGD's step, from the same zero start. float64, so the
+    only difference is rounding."""
+    generator = torch.Generator().manual_seed(7)
+    X = torch.randn(5000, features, generator=generator, dtype=torch.float64)
+    y = (
+        1.5 * X.sum(dim=1, keepdim=True)
+        - 2
+        + torch.randn(5000, 1, generator=generator, dtype=torch.float64)
+    )
+    config = TrainConfig(epochs=25, tol=0.0, momentum=0.3, device="cpu", dtype="float64")
+    trained = train(X, y, config=config, lr=0.2)
+    model = torch.nn.Linear(features, 1, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.3)
+    history = []
+    for _ in range(25):
+        loss = torch.nn.MSELoss()(model(X), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    np.testing.assert_allclose(trained.history, history, rtol=1e-12)
+    torch.testing.assert_close(trained.model.weight, model.weight, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(trained.model.bias, model.bias, rtol=1e-12, atol=1e-14)
