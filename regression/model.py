@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .data import chunk_rows, release
+from .threads import scratch
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ def to_training_tensor(
         if rows.dtype != np.float64 or not rows.flags.writeable or min(rows.strides) < 0:
             rows = np.array(rows, dtype=np.float64)  # what torch.from_numpy can take
         release(X, start, stop)
-        out[start:stop] = torch.from_numpy(rows).sub(mean).div_(scale)
+        if out.dtype == torch.float64 and out.device.type == "cpu":
+            torch.sub(torch.from_numpy(rows), mean, out=out[start:stop]).div_(scale)
+        else:  # standardized in float64 in this thread's scratch buffer, then cast
+            standardized = torch.from_numpy(scratch(rows.size).reshape(rows.shape))
+            torch.sub(torch.from_numpy(rows), mean, out=standardized).div_(scale)
+            out[start:stop] = standardized
     return out
 
 

@@ -36,6 +36,7 @@ from .statistics import (
     ols_statistics,
     trained_distance,
 )
+from .threads import single_threaded
 from .train import Checkpointer, Curvature, ProgressCallback, train
 
 
@@ -127,14 +128,29 @@ def run_training(
     file (refused unless it was written by this version for the same options and data).
     """
     start = time.perf_counter()
-    device = resolve_device(config.device)
-    dtype = getattr(torch, config.dtype)
     if data is None:
         data = (
             load_dataset(Path(config.data), config.target, world)
             if config.data
             else synthetic(config)
         )
+    with single_threaded(data.X.nbytes < SMALL_DATA_BYTES):  # and the count put back
+        return _run(config, data, start, confidence, progress, run_dir, resume, should_stop, world)
+
+
+def _run(
+    config: TrainConfig,
+    data: Dataset,
+    start: float,
+    confidence: float,
+    progress: ProgressCallback | None,
+    run_dir: Path | None,
+    resume: bool,
+    should_stop: Callable[[], bool] | None,
+    world: World,
+) -> RunResult:
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
     # under torchrun each rank keeps its contiguous shard (a view) and splits that
     data, val_data = split(shard(data, world), fraction=config.val_fraction, seed=config.seed)
     X, y = data.X, data.y
@@ -264,6 +280,11 @@ def _durbin_watson(local: ResidualRun, world: World) -> float | None:
     runs = world.gather(local.as_array())
     return ResidualRun.concat([ResidualRun.from_array(run) for run in runs]).durbin_watson
 
+
+# Below this size of X a run is a few hundred microseconds of small operations, for which
+# torch's threads cost more than they bring: each wake-up of OpenMP's team takes longer here
+# than the operation. Such runs use one thread (and put torch's count back after).
+SMALL_DATA_BYTES = 4 << 20
 
 FIGURE_ROWS = 5000  # rows drawn in the figure's scatter plots (a seeded sample beyond that)
 

@@ -3,32 +3,85 @@
 For passes made of many small, cache-sized operations (the slices of a CPU epoch, the chunks
 of the moments pass) it is faster for each core to work through its own pieces than for both
 to split every piece: each operation then pays no fork and join, and each core rereads its
-piece from its own cache. torch's thread count is 1 while a pool lives and is put back when it
-closes.
+piece from its own cache. torch's thread count is 1 while a pool is open and is put back when
+it closes.
+
+The threads are started once per process and kept (idle, they cost nothing), and so is each
+thread's scratch buffer (``scratch``): starting threads and faulting in fresh memory for
+every pass would cost more than the pass itself on small data.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Iterator
 
+import numpy as np
 import torch
+
+_lock = threading.Lock()
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_local = threading.local()
+
+
+MIN_PIECES = 4
 
 
 class CorePool:
-    """A thread pool of torch's thread count; ``None`` from ``start`` where that is one."""
+    """Up to torch's thread count of the process's worker threads; ``None`` from ``start``
+    where that is one."""
 
     def __init__(self, workers: int, threads: int) -> None:
         self.workers, self.threads = workers, threads
-        self.executor = concurrent.futures.ThreadPoolExecutor(workers)
+        self.executor = _shared_executor(workers)
         torch.set_num_threads(1)
 
     @classmethod
     def start(cls, pieces: int) -> CorePool | None:
-        """A pool for ``pieces`` pieces of work: at most one thread per piece."""
+        """A pool for ``pieces`` pieces of work: at most one thread per piece, and none for
+        fewer than MIN_PIECES (changing torch's thread count makes its next parallel
+        operation start OpenMP's threads again, about 0.6 ms here: more than a few pieces
+        gain)."""
         threads = torch.get_num_threads()
         workers = min(threads, pieces)
-        return cls(workers, threads) if workers >= 2 else None
+        return cls(workers, threads) if workers >= 2 and pieces >= MIN_PIECES else None
 
     def close(self) -> None:
-        self.executor.shutdown()
         torch.set_num_threads(self.threads)
+
+
+def _shared_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The process's worker threads, at least ``workers`` of them."""
+    global _executor
+    with _lock:
+        if _executor is None or _executor._max_workers < workers:
+            if _executor is not None:
+                _executor.shutdown(wait=False)
+            _executor = concurrent.futures.ThreadPoolExecutor(workers, "linreg-core")
+        return _executor
+
+
+def scratch(size: int, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """``size`` values of ``dtype`` in this thread's scratch buffer: the same memory at every
+    call from the thread, so use it for one thing at a time."""
+    itemsize = np.dtype(dtype).itemsize
+    buffer: np.ndarray | None = getattr(_local, "buffer", None)
+    if buffer is None or buffer.size < size * itemsize:
+        buffer = np.empty(max(size * itemsize, 64), dtype=np.uint8)
+        _local.buffer = buffer
+    return buffer[: size * itemsize].view(dtype)
+
+
+@contextlib.contextmanager
+def single_threaded(enabled: bool = True) -> Iterator[None]:
+    """torch on one thread inside the block (if ``enabled``), its thread count put back after."""
+    threads = torch.get_num_threads()
+    if enabled and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

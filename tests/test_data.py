@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import regression.data
+import regression.threads
 from regression.config import TrainConfig
 from regression.data import Dataset, column_stats, fingerprint, synthetic
 
@@ -289,7 +291,8 @@ def test_moments_do_not_depend_on_the_thread_count(threads: int) -> None:
     import torch
 
     rng = np.random.default_rng(14)
-    X, y = rng.normal(3.0, 2.0, size=(120_000, 5)), rng.normal(size=120_000)
+    X, y = rng.normal(3.0, 2.0, size=(300_000, 5)), rng.normal(size=300_000)
+    assert X.shape[0] * 6 * 8 >= regression.threads.MIN_PIECES * (2 << 20)  # threads share it
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -302,3 +305,38 @@ def test_moments_do_not_depend_on_the_thread_count(threads: int) -> None:
     assert many.samples == one.samples
     np.testing.assert_array_equal(many.mean, one.mean)
     np.testing.assert_array_equal(many.gram, one.gram)
+
+
+def test_a_core_pool_needs_a_few_pieces_and_puts_the_thread_count_back() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert regression.threads.CorePool.start(regression.threads.MIN_PIECES - 1) is None
+        pool = regression.threads.CorePool.start(regression.threads.MIN_PIECES)
+        assert pool is not None and pool.workers == 2 and torch.get_num_threads() == 1
+        pool.close()
+        assert torch.get_num_threads() == 2
+        with regression.threads.single_threaded():
+            assert torch.get_num_threads() == 1
+        with regression.threads.single_threaded(False):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError), regression.threads.single_threaded():
+            raise ValueError
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_scratch_is_the_same_memory_for_each_thread() -> None:
+    first = regression.threads.scratch(1000)
+    again = regression.threads.scratch(500, np.float32)
+    assert first.dtype == np.float64 and first.shape == (1000,)
+    assert again.dtype == np.float32 and again.shape == (500,)
+    assert np.shares_memory(first, again)
+    other: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: other.append(regression.threads.scratch(1000)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(first, other[0])

@@ -759,3 +759,20 @@ def test_cpu_full_batch_training_is_the_tutorial_loop(features: int) -> None:
     np.testing.assert_allclose(trained.history, history, rtol=1e-12)
     torch.testing.assert_close(trained.model.weight, model.weight, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(trained.model.bias, model.bias, rtol=1e-12, atol=1e-14)
+
+
+def test_a_small_run_uses_one_thread_and_puts_the_count_back() -> None:
+    """Runs on less than SMALL_DATA_BYTES of data train on one torch thread; larger ones
+    keep torch's count outside the slice threads (whose pool sets one per thread)."""
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    try:
+        torch.set_num_threads(2)
+        run_training(
+            TrainConfig(samples=1000, epochs=3, device="cpu"),
+            progress=lambda _: seen.append(torch.get_num_threads()),
+        )
+        assert seen == [1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
