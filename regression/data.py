@@ -282,25 +282,28 @@ def moments(
 
 
 def _chunk_moments(X: np.ndarray, y: np.ndarray | None, start: int, stop: int) -> Moments:
-    """The moments of rows ``start:stop``: copied column by column into this thread's
-    scratch buffer (a k x m block: its Gram matrix is then a product of two row-major
-    matrices, which BLAS does twice as fast as that of the m x k block), shifted by the
-    first row, centered, multiplied."""
+    """The moments of rows ``start:stop``: shifted by their first row as they are copied,
+    column by column, into this thread's scratch buffer (a k x m block: its Gram matrix is
+    then a product of two row-major matrices, which BLAS does twice as fast as that of the
+    m x k block), then centered and multiplied."""
     d, m = X.shape[1], stop - start
     k = d + (y is not None)
     block = scratch(k * m).reshape(k, m)
-    block[:d] = X[start:stop].T
+    rows = X[start:stop]
+    shift = np.empty(k)
+    shift[:d] = rows[0]
+    np.subtract(rows.T, shift[:d, None], out=block[:d])
     release(X, start, stop)
     if y is not None:
-        block[d] = y[start:stop]
+        target = y[start:stop]
+        shift[d] = target[0]
+        np.subtract(target, shift[d], out=block[d])
         release(y, start, stop)
-    rows = torch.from_numpy(block)  # torch: its operations let go of the GIL
-    shift = rows[:, :1].clone()
-    rows -= shift
-    mean = rows.sum(dim=1, keepdim=True) / m
-    rows -= mean
-    gram = torch.mm(rows, rows.t())
-    return Moments(samples=m, mean=(shift + mean).reshape(-1).numpy(), gram=gram.numpy())
+    centered = torch.from_numpy(block)  # torch: its operations let go of the GIL
+    mean = centered.sum(dim=1, keepdim=True) / m
+    centered -= mean
+    gram = torch.mm(centered, centered.t())
+    return Moments(samples=m, mean=shift + mean.reshape(-1).numpy(), gram=gram.numpy())
 
 
 def first_row(X: np.ndarray, world: World) -> np.ndarray:

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from .artifacts import CHECKPOINT_FILE
-from .batches import Source, StreamSource, TensorSource, max_row_norm2
+from .batches import (
+    Source,
+    StandardizingSource,
+    StreamSource,
+    TensorSource,
+    max_row_norm2,
+    memory_mapped,
+)
 from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_toml
 from .data import BackgroundDigest, Dataset, fingerprint, gather, moments, shard, split, synthetic
@@ -172,7 +179,7 @@ def _run(
         else Scaling.identity(data.features)
     )
     _check_representable(config, dtype)
-    source = _source(X, y, scaling, config=config, device=device, dtype=dtype)
+    source = _source(X, y, scaling, config=config, device=device, dtype=dtype, world=world)
     lr, momentum = _auto_step(config, source, ols, scaling, world)
     val = None
     if val_data is not None:
@@ -303,23 +310,25 @@ def _source(
     config: TrainConfig,
     device: torch.device,
     dtype: torch.dtype,
+    world: World,
 ) -> Source:
-    """Mini-batches of a memory-mapped file are streamed from disk (memory stays bounded);
+    """Mini-batches of a memory-mapped file are streamed from disk (memory stays bounded); a
+    float64 CPU full batch of float64 data in memory is read in place, standardized slice by
+    slice (until the loop makes the copy, if the run is long: see StandardizingSource);
     everything else is copied once to the device, standardized, in the training dtype."""
-    if config.batch_size > 0 and _memory_mapped(X):
+    if config.batch_size > 0 and memory_mapped(X):
         return StreamSource(X, y, scaling, device=device, dtype=dtype)
-    return TensorSource(
-        to_training_tensor(X, scaling, device=device, dtype=dtype),
-        target_tensor(y, device=device, dtype=dtype),
-    )
-
-
-def _memory_mapped(array: np.ndarray) -> bool:
-    while array is not None:
-        if isinstance(array, np.memmap):
-            return True
-        array = array.base  # type: ignore[assignment]
-    return False
+    target = target_tensor(y, device=device, dtype=dtype)
+    full_batch = config.batch_size == 0 or config.batch_size >= X.shape[0]
+    if (
+        full_batch
+        and device.type == "cpu"
+        and dtype == torch.float64
+        and not world.distributed
+        and StandardizingSource.accepts(X)
+    ):
+        return StandardizingSource(X, target, scaling)
+    return TensorSource(to_training_tensor(X, scaling, device=device, dtype=dtype), target)
 
 
 def _check_representable(config: TrainConfig, dtype: torch.dtype) -> None:

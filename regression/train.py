@@ -14,7 +14,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from .batches import Source, StreamSource, TensorSource
+from .batches import Source, StandardizingSource, StreamSource, TensorSource
 from .config import TrainConfig
 from .distributed import SINGLE, World
 from .errors import DivergedError, TrainingStopped
@@ -95,11 +95,13 @@ def train(
     read_every: int | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
-    device, or a Source that yields them (see batches.py).
+    device, or a Source that yields them (see batches.py; a StandardizingSource is copied
+    after its first MATERIALIZE_AFTER epochs).
 
     Full batch: one SGD step per epoch on the exact gradient of the mean squared error
-    (summed slice by slice). Mini-batches: the rows are cut into contiguous blocks of
-    ``config.batch_size``, visited in a new random order every epoch (seeded).
+    (summed slice by slice; on the CPU in closed form, see _Sums). Mini-batches: the rows
+    are cut into contiguous blocks of ``config.batch_size``, visited in a new random order
+    every epoch (seeded).
     ``momentum`` overrides ``config.momentum`` (which may be None for "auto").
     ``val`` is a hold-out (X, y) whose loss is recorded after every epoch. ``resume``
     continues from a saved state. ``should_stop`` is asked after every step; when it says
@@ -115,7 +117,7 @@ def train(
     all ranks take block k of their shards together (an effective batch of about
     ``batch_size`` x ranks rows), in an order drawn from the seed.
     """
-    source = X if isinstance(X, TensorSource | StreamSource) else TensorSource(X, _given(y))
+    source = X if isinstance(X, Source) else TensorSource(X, _given(y))
     n, d = source.n, source.d
     sizes = world.shard_sizes(int(world.sum(n))) if world.distributed else [n]
     total_n = sum(sizes)
@@ -203,6 +205,11 @@ def train(
 
     try:
         for epoch in range(first_epoch, config.epochs + 1):
+            if (
+                isinstance(source, StandardizingSource)
+                and epoch - first_epoch == StandardizingSource.MATERIALIZE_AFTER
+            ):
+                source = source.materialize()  # a long run: the copy now costs less
             if graphed is not None:
                 graphed.replay()  # forward, backward and SGD step as one CUDA graph
                 epoch_loss = graphed.loss.detach().clone()
@@ -510,8 +517,9 @@ def _blocks(source: Source, size: int) -> list[tuple[int, int]]:
     memory is cut into cache-sized slices; on a GPU it stays one block."""
     n = source.n
     if size == n:
-        if isinstance(source, TensorSource) and source.device.type == "cpu":
-            bytes_per_row = (source.d + 1) * source.X.element_size()
+        if isinstance(source, TensorSource | StandardizingSource) and source.device.type == "cpu":
+            # the same slices for data read in place and for its copy: the same sums
+            bytes_per_row = (source.d + 1) * source.dtype.itemsize
             size = max(1, CPU_SLICE_BYTES // bytes_per_row)
         elif isinstance(source, StreamSource):
             size = 1 << 16

@@ -6,16 +6,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import regression.pipeline
 import regression.train
-from regression.batches import TensorSource
+from regression.batches import StandardizingSource, TensorSource
 from regression.config import TrainConfig
 from regression.data import Dataset, column_stats, synthetic
 from regression.device import resolve_device
+from regression.distributed import SINGLE
 from regression.errors import DeviceUnavailableError, DivergedError
 from regression.model import Scaling, target_tensor, to_training_tensor
 from regression.pipeline import RunResult, run_training
@@ -776,3 +779,113 @@ def test_a_small_run_uses_one_thread_and_puts_the_count_back() -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# -- float64 data read in place, standardized slice by slice --------------------------------
+
+
+def _float64_data(n: int = 6000, d: int = 3) -> tuple[np.ndarray, np.ndarray, Scaling]:
+    rng = np.random.default_rng(21)
+    X = rng.normal(50.0, 4.0, size=(n, d))
+    y = X @ np.arange(1.0, d + 1) + rng.normal(size=n)
+    return X, y, Scaling(mean=X.mean(axis=0), scale=X.std(axis=0))
+
+
+def test_rows_read_in_place_are_the_training_tensors_rows() -> None:
+    X, y, scaling = _float64_data()
+    cpu = torch.device("cpu")
+    target = target_tensor(y, device=cpu, dtype=torch.float64)
+    copy = to_training_tensor(X, scaling, device=cpu, dtype=torch.float64)
+    for scale in (scaling, Scaling.identity(3)):
+        source = StandardizingSource(X, target, scale)
+        expected = to_training_tensor(X, scale, device=cpu, dtype=torch.float64)
+        for first, last in [(0, 100), (100, 5000), (5999, 6000)]:
+            rows, y_rows = source.rows(first, last)
+            assert torch.equal(rows, expected[first:last])  # bit for bit
+            assert torch.equal(y_rows, target[first:last])
+    materialized = StandardizingSource(X, target, scaling).materialize()
+    assert isinstance(materialized, TensorSource) and torch.equal(materialized.X, copy)
+    assert np.array_equal(X, _float64_data()[0])  # the data is only read
+
+
+@pytest.mark.parametrize(
+    ("make", "accepted"),
+    [
+        (lambda X: X, True),
+        (lambda X: X.astype(np.float32), False),
+        (lambda X: np.asfortranarray(X), False),
+        (lambda X: X[:, :2], False),
+        (lambda X: np.require(X, requirements="C").copy().view(), True),
+    ],
+)
+def test_only_writable_contiguous_float64_data_in_memory_is_read_in_place(
+    make: object, accepted: bool
+) -> None:
+    X, _, _ = _float64_data()
+    assert StandardizingSource.accepts(make(X)) is accepted  # type: ignore[operator]
+
+
+def test_read_only_and_memory_mapped_data_is_copied(tmp_path: Path) -> None:
+    X, _, _ = _float64_data()
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    assert not StandardizingSource.accepts(frozen)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r+")
+    assert not StandardizingSource.accepts(mapped)
+
+
+_SUMS_EPOCH = regression.train._Sums.epoch  # before any test patches it
+
+
+def _float64_run(
+    monkeypatch: pytest.MonkeyPatch, after: int, epochs: int
+) -> tuple[RunResult, list[str]]:
+    """A float64 CPU full-batch run on data in memory, with the copy made after ``after``
+    epochs; returns it and the kinds of source each epoch's slices came from."""
+    X, y, _ = _float64_data()
+    data = Dataset(X=X, y=y, feature_names=["a", "b", "c"], target_name="y", source="test")
+    monkeypatch.setattr(StandardizingSource, "MATERIALIZE_AFTER", after)
+    kinds: list[str] = []
+    epoch = _SUMS_EPOCH
+
+    def spy(self: object, model: torch.nn.Linear, source: object, blocks: object) -> object:
+        kinds.append(type(source).__name__)
+        return epoch(self, model, source, blocks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(regression.train._Sums, "epoch", spy)
+    config = TrainConfig(epochs=epochs, tol=0.0, dtype="float64", device="cpu", lr=0.3)
+    return run_training(config, data=data), kinds
+
+
+def test_a_float64_run_reads_the_data_in_place_then_copies_it_if_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The data is read in place for MATERIALIZE_AFTER epochs, then copied: the same bits
+    as a run on the copy from the start."""
+    copied, kinds_copied = _float64_run(monkeypatch, 0, 8)
+    late, kinds_late = _float64_run(monkeypatch, 3, 8)
+    never, kinds_never = _float64_run(monkeypatch, 100, 8)
+    assert kinds_copied == ["TensorSource"] * 8
+    assert kinds_late == ["StandardizingSource"] * 3 + ["TensorSource"] * 5
+    assert kinds_never == ["StandardizingSource"] * 8
+    for run in (late, never):
+        assert run.history == copied.history
+        assert np.array_equal(run.params.weight, copied.params.weight)
+        assert run.params.bias == copied.params.bias
+
+
+def test_float32_and_mini_batch_runs_train_on_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, y, scaling = _float64_data()
+    cpu = torch.device("cpu")
+    for options, kind in [
+        ({"dtype": "float64"}, StandardizingSource),
+        ({"dtype": "float32"}, TensorSource),
+        ({"dtype": "float64", "batch_size": 100}, TensorSource),
+    ]:
+        config = TrainConfig(device="cpu", **options)  # type: ignore[arg-type]
+        dtype = getattr(torch, config.dtype)
+        source = regression.pipeline._source(
+            X, y, scaling, config=config, device=cpu, dtype=dtype, world=SINGLE
+        )
+        assert type(source) is kind
