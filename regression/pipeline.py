@@ -21,7 +21,17 @@ from .batches import (
 )
 from .checkpoint import RunIdentity, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_toml
-from .data import BackgroundDigest, Dataset, fingerprint, gather, moments, shard, split, synthetic
+from .data import (
+    BackgroundDigest,
+    Dataset,
+    Moments,
+    fingerprint,
+    gather,
+    moments,
+    shard,
+    split,
+    synthetic,
+)
 from .datafile import load_dataset
 from .device import resolve_device
 from .distributed import SINGLE, World
@@ -44,7 +54,7 @@ from .statistics import (
     trained_distance,
 )
 from .threads import single_threaded
-from .train import Checkpointer, Curvature, ProgressCallback, train
+from .train import Checkpointer, Curvature, ProgressCallback, ZeroStart, train
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,7 @@ def _run(
         should_stop=should_stop,
         world=world,
         optimum=ols.mse,
+        zero_start=_zero_start(sums, scaling),
     )
     train_seconds = time.perf_counter() - start
     # the data's digest is for the record: a thread computes it beside the evaluation pass
@@ -275,6 +286,17 @@ def _run(
         val_samples=int(world.sum(val_data.samples if val_data else 0)),
         durbin_watson=_durbin_watson(ResidualRun.concat(runs), world),
     )
+
+
+def _zero_start(sums: Moments, scaling: Scaling) -> ZeroStart:
+    """The first epoch's loss and gradient from the moments of the training rows [X, y]:
+    with z = (x - m) / s, sum(z y) = (C_xy + n (mean_x - m) mean_y) / s for the centered
+    cross-products C_xy, and sum(y^2) = C_yy + n mean_y^2."""
+    d, n = len(scaling.mean), sums.samples
+    y_mean = float(sums.mean[d])
+    zy = (sums.gram[:d, d] + n * (sums.mean[:d] - scaling.mean) * y_mean) / scaling.scale
+    loss = float(sums.gram[d, d]) + n * y_mean**2
+    return ZeroStart(loss=loss, weight_grad=-2.0 * zy, bias_grad=-2.0 * n * y_mean)
 
 
 def _checkpointer(path: Path, identity: RunIdentity, every: int) -> Checkpointer:

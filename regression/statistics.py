@@ -19,7 +19,7 @@ import numpy as np
 
 from .artifacts import IntervalBasis
 from .data import chunks
-from .metrics import LeastSquares
+from .metrics import LeastSquares, matmul
 
 # Above this condition number of the standardized features (a scale-free measure), the run
 # warns of collinearity: Belsley, Kuh and Welsch's rule of thumb for condition indices.
@@ -331,13 +331,13 @@ def chunk_residual_run(chunk: np.ndarray, y_rows: np.ndarray, ls: LeastSquares) 
     intercept is large (Longley's is -3.5e6 for residuals of about 300)."""
     chunk -= ls.x_mean
     e = y_rows - ls.y_mean
-    e -= chunk @ ls.weight
+    e -= matmul(chunk, ls.weight)  # not NumPy's BLAS: see metrics.matmul
     steps = np.diff(e)
     return ResidualRun(
         first=float(e[0]),
         last=float(e[-1]),
-        squares=float(e @ e),
-        steps=float(steps @ steps),
+        squares=float(np.einsum("i,i->", e, e)),
+        steps=float(np.einsum("i,i->", steps, steps)),
     )
 
 

@@ -93,6 +93,7 @@ def train(
     world: World = SINGLE,
     optimum: float | None = None,
     read_every: int | None = None,
+    zero_start: ZeroStart | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
     device, or a Source that yields them (see batches.py; a StandardizingSource is copied
@@ -108,7 +109,9 @@ def train(
     yes the loop saves the state of the last whole epoch (if checkpointing) and raises
     TrainingStopped. ``optimum`` is the least-squares mean squared error of the training
     rows (of every rank), if known: see EarlyStopping. ``read_every``: epochs between reads
-    of the loss (default: every epoch on the CPU, CUDA_READ_EVERY on CUDA).
+    of the loss (default: every epoch on the CPU, CUDA_READ_EVERY on CUDA). ``zero_start``:
+    the loss and gradient at the zero start, if known (see ZeroStart); a CPU full batch
+    starting from zero then takes its first step without a pass over the data.
 
     Under torchrun (``world``) each rank holds a shard; the model is wrapped in
     DistributedDataParallel, whose gradient averaging is scaled so that every step uses the
@@ -222,7 +225,9 @@ def train(
                     step(optimizer)
             elif full_batch:
                 _clear_grads(params)
-                if sums is not None:
+                if sums is not None and zero_start is not None and epoch == 1:
+                    losses = zero_start.sums(model)  # the parameters are still zero
+                elif sums is not None:
                     losses = sums.epoch(model, source, blocks)
                 else:
                     losses = []
@@ -292,6 +297,25 @@ def train(
     )
 
 
+@dataclass(frozen=True)
+class ZeroStart:
+    """The first full-batch epoch, known without a pass over the data: at the zero start
+    (weight 0, bias 0) every residual is -y, so MSELoss's summed squares are sum(y^2) and
+    its gradient is -2 sum(z y) for the weight and -2 sum(y) for the bias, all of which the
+    moments of [X, y] give (see pipeline.zero_start)."""
+
+    loss: float  # sum(y^2)
+    weight_grad: np.ndarray  # -2 sum(z y), (D,)
+    bias_grad: float  # -2 sum(y)
+
+    def sums(self, model: torch.nn.Linear) -> list[torch.Tensor]:
+        """Sets ``model``'s gradient of the summed loss; returns that loss, as _Sums.epoch."""
+        weight = model.weight
+        model.weight.grad = torch.tensor(self.weight_grad, dtype=weight.dtype).reshape(1, -1)
+        model.bias.grad = torch.tensor([self.bias_grad], dtype=weight.dtype)
+        return [torch.tensor(self.loss, dtype=weight.dtype)]  # as a slice's sum
+
+
 class _Sums:
     """A CPU full-batch epoch: the summed MSELoss of nn.Linear over every slice of the rows,
     and its gradient, in closed form. For the residuals r = X @ weight.T + bias - y of a
@@ -301,7 +325,7 @@ class _Sums:
     cache. Autograd's route costs more: addmm and mm are general matrix products, which for
     one input column are degenerate (10x a pass each in MKL), and every slice builds and
     walks a graph (about 35 us). Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md):
-    2.9 passes over X an epoch through autograd, about 2 in closed form; 1e8 x 1: 17 -> 3.5.
+    2.9 passes over X an epoch through autograd, 2.1-2.2 in closed form; 1e8 x 1: 17.9 -> 3.6-3.8.
 
     The slices are shared by one thread per core (threads.CorePool): thread k takes slices
     k, k + T, k + 2T, ..., so each core streams its own slices and rereads them from its own

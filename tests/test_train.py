@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import regression.data
+import regression.model
 import regression.pipeline
 import regression.train
 from regression.batches import StandardizingSource, TensorSource
@@ -866,9 +868,10 @@ def test_a_float64_run_reads_the_data_in_place_then_copies_it_if_long(
     copied, kinds_copied = _float64_run(monkeypatch, 0, 8)
     late, kinds_late = _float64_run(monkeypatch, 3, 8)
     never, kinds_never = _float64_run(monkeypatch, 100, 8)
-    assert kinds_copied == ["TensorSource"] * 8
-    assert kinds_late == ["StandardizingSource"] * 3 + ["TensorSource"] * 5
-    assert kinds_never == ["StandardizingSource"] * 8
+    # the first epoch needs no pass (ZeroStart); the copy is made at epoch 1 + after
+    assert kinds_copied == ["TensorSource"] * 7
+    assert kinds_late == ["StandardizingSource"] * 2 + ["TensorSource"] * 5
+    assert kinds_never == ["StandardizingSource"] * 7
     for run in (late, never):
         assert run.history == copied.history
         assert np.array_equal(run.params.weight, copied.params.weight)
@@ -889,3 +892,46 @@ def test_float32_and_mini_batch_runs_train_on_a_copy(monkeypatch: pytest.MonkeyP
             X, y, scaling, config=config, device=cpu, dtype=dtype, world=SINGLE
         )
         assert type(source) is kind
+
+
+# -- the first epoch from the moments ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_the_zero_start_is_the_first_epochs_loss_and_gradient(standardize: bool) -> None:
+    """ZeroStart (from the moments of [X, y]) against the slices' closed form at the zero
+    parameters, which is autograd's gradient (tested above)."""
+    X, y, scaling = _float64_data()
+    if not standardize:
+        scaling = Scaling.identity(3)
+    sums = regression.data.moments(X, y)
+    start = regression.pipeline._zero_start(sums, scaling)
+    cpu = torch.device("cpu")
+    source = TensorSource(
+        to_training_tensor(X, scaling, device=cpu, dtype=torch.float64),
+        target_tensor(y, device=cpu, dtype=torch.float64),
+    )
+    model = regression.model.build_model(3, device=cpu, dtype=torch.float64)
+    blocks = [(first, min(first + 1000, 6000)) for first in range(0, 6000, 1000)]
+    sums_epoch = regression.train._Sums(None)
+    expected = float(sum(sums_epoch.epoch(model, source, blocks)))
+    want_weight, want_bias = model.weight.grad.clone(), model.bias.grad.clone()  # type: ignore[union-attr]
+    losses = start.sums(model)
+    assert float(losses[0]) == pytest.approx(expected, rel=1e-12)
+    torch.testing.assert_close(model.weight.grad, want_weight, rtol=1e-10, atol=0)
+    torch.testing.assert_close(model.bias.grad, want_bias, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [("float64", 1e-10), ("float32", 1e-4)])
+def test_a_run_from_the_zero_start_is_the_run_with_a_first_pass(
+    dtype: str, rtol: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y, _ = _float64_data()
+    data = Dataset(X=X, y=y, feature_names=["a", "b", "c"], target_name="y", source="test")
+    config = TrainConfig(epochs=30, tol=0.0, dtype=dtype, device="cpu", momentum=0.2)
+    fast = run_training(config, data=data)
+    monkeypatch.setattr(regression.pipeline, "_zero_start", lambda sums, scaling: None)
+    slow = run_training(config, data=data)
+    np.testing.assert_allclose(fast.history, slow.history, rtol=rtol)
+    np.testing.assert_allclose(fast.params.weight, slow.params.weight, rtol=rtol)
+    assert fast.params.bias == pytest.approx(slow.params.bias, rel=rtol)
