@@ -31,7 +31,7 @@ from harness import (
 from regression.config import TrainConfig
 from regression.data import Dataset, synthetic
 from regression.datafile import load_dataset
-from regression.metrics import fit_metrics, least_squares, linear_predict
+from regression.metrics import least_squares, linear_fit
 from regression.pipeline import run_training
 from regression.train import Progress
 
@@ -76,7 +76,9 @@ class Problem:
         return None
 
     def gap(self, weight: np.ndarray, bias: float) -> float:
-        mse = fit_metrics(self.data.y, linear_predict(self.data.X, weight, bias)).mse
+        # not through NumPy's BLAS: its threads spin for ~0.1 s after a large product, and
+        # would take a core from the task timed next (see regression.metrics.matmul)
+        mse = linear_fit(self.data.X, self.data.y, np.asarray(weight, dtype=np.float64), bias).mse
         return (mse - self.reference_mse) / self.reference_mse
 
 
@@ -89,7 +91,7 @@ def make_problem(
     sgd_params: dict[str, Any] = SGD_PARAMS,
 ) -> Problem:
     ls = least_squares(data.X, data.y)
-    reference = fit_metrics(data.y, ls.predict(data.X)).mse
+    reference = linear_fit(data.X, data.y, ls.weight, ls.bias).mse
     return Problem(name, data, config, is_synthetic, reference, sgd_params)
 
 
