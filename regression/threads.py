@@ -23,6 +23,7 @@ import torch
 
 _lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_workers = 0
 _local = threading.local()
 
 
@@ -54,12 +55,13 @@ class CorePool:
 
 def _shared_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     """The process's worker threads, at least ``workers`` of them."""
-    global _executor
+    global _executor, _executor_workers
     with _lock:
-        if _executor is None or _executor._max_workers < workers:
+        if _executor is None or _executor_workers < workers:
             if _executor is not None:
                 _executor.shutdown(wait=False)
             _executor = concurrent.futures.ThreadPoolExecutor(workers, "linreg-core")
+            _executor_workers = workers
         return _executor
 
 
