@@ -302,7 +302,7 @@ class ZeroStart:
     """The first full-batch epoch, known without a pass over the data: at the zero start
     (weight 0, bias 0) every residual is -y, so MSELoss's summed squares are sum(y^2) and
     its gradient is -2 sum(z y) for the weight and -2 sum(y) for the bias, all of which the
-    moments of [X, y] give (see pipeline.zero_start)."""
+    moments of [X, y] give (see pipeline._zero_start)."""
 
     loss: float  # sum(y^2)
     weight_grad: np.ndarray  # -2 sum(z y), (D,)
@@ -325,7 +325,8 @@ class _Sums:
     cache. Autograd's route costs more: addmm and mm are general matrix products, which for
     one input column are degenerate (10x a pass each in MKL), and every slice builds and
     walks a graph (about 35 us). Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md):
-    2.9 passes over X an epoch through autograd, 2.1-2.2 in closed form; 1e8 x 1: 17.9 -> 3.6-3.8.
+    2.9 passes over X an epoch through autograd, 2.0-2.2 in closed form; 1e8 x 1: 17.9 ->
+    3.5-3.8.
 
     The slices are shared by one thread per core (threads.CorePool): thread k takes slices
     k, k + T, k + 2T, ..., so each core streams its own slices and rereads them from its own
