@@ -99,10 +99,8 @@ class StandardizingSource:
 
     def materialize(self) -> TensorSource:
         """The standardized copy, as the training tensor."""
-        device, dtype = self.device, self.dtype
-        return TensorSource(
-            to_training_tensor(self.data, self.scaling, device=device, dtype=dtype), self.y
-        )
+        copy = to_training_tensor(self.data, self.scaling, device=self.device, dtype=self.dtype)
+        return TensorSource(copy, self.y)
 
 
 def memory_mapped(array: np.ndarray) -> bool:

@@ -77,12 +77,11 @@ def least_squares(
     weights and 1e-16 / (1 - R^2) in the residual sum of squares, stays below 1e-10, and
     they cost one BLAS-3 pass instead of a QR per chunk. Everything else (data sets of
     fewer than 2^16 values, NIST's certified ones included, constant or collinear columns,
-    near-exact fits)
-    gets the TSQR: each chunk of [X - mean(X), y - mean(y)] is stacked under the running
-    triangular factor and refactored, so the accuracy is that of a Householder QR, not that
-    of the normal equations. Rank-deficient designs get the minimum-norm weights. Under
-    torchrun each rank factors its shard and the ranks' factors are stacked and factored
-    once more, so the result is that of the whole data.
+    near-exact fits) gets the TSQR: each chunk of [X - mean(X), y - mean(y)] is stacked
+    under the running triangular factor and refactored, so the accuracy is that of a
+    Householder QR, not that of the normal equations. Rank-deficient designs get the
+    minimum-norm weights. Under torchrun each rank factors its shard and the ranks' factors
+    are stacked and factored once more, so the result is that of the whole data.
     """
     d = X.shape[1]
     if sums is None:
