@@ -22,6 +22,9 @@ CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes ...
 CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of float64 (wide data: fewer rows)
 
 
+MOMENTS_CHUNK_BYTES = 2 << 20  # the moments pass's chunks: in cache while they are used
+
+
 def chunk_rows(features: int) -> int:
     """Rows per chunk of a streaming pass over data with ``features`` columns."""
     return min(CHUNK_ROWS, max(1, CHUNK_BYTES // (8 * max(features, 1))))
@@ -259,7 +262,7 @@ def moments(
     """
     k = X.shape[1] + (y is not None)
     total = Moments.empty(k)
-    rows = min(CHUNK_ROWS, max(1, (2 << 20) // (8 * k)))
+    rows = max(1, MOMENTS_CHUNK_BYTES // (8 * k))
     starts = range(0, X.shape[0], rows)
 
     def chunk(start: int) -> Moments:

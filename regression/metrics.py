@@ -39,7 +39,10 @@ class LeastSquares:
     """The float64 least-squares solution of y ~ X @ weight + bias, with what inference needs.
 
     ``r`` is the upper-triangular factor of the centered design (Xc = Q @ r), so
-    ``Xc.T @ Xc == r.T @ r`` without ever forming that Gram matrix in finite precision.
+    ``Xc.T @ Xc == r.T @ r`` without ever forming that Gram matrix in finite precision; the
+    centered target is ``Q @ qty`` plus a part orthogonal to every column, of squared norm
+    ``rss_tail``. Together they give the residual sum of squares of any weights:
+    ``|Xc @ w - yc|^2 == |r @ w - qty|^2 + rss_tail``.
     """
 
     weight: np.ndarray
@@ -50,6 +53,8 @@ class LeastSquares:
     x_mean: np.ndarray
     y_mean: float
     r: np.ndarray
+    qty: np.ndarray
+    rss_tail: float
     rank: int
     method: str = "tsqr"  # "cholesky" (normal equations) or "tsqr"; see least_squares
 
@@ -73,7 +78,7 @@ def least_squares(
 
     The normal equations (the Cholesky factor of the centered Gram matrix) are used only
     for large, well-conditioned data that the model does not fit almost exactly
-    (``normal_equations_suffice``): there their error, about cond(X)^2 x 1e-16 in the
+    (``normal_equations_factor``): there their error, about cond(X)^2 x 1e-16 in the
     weights and 1e-16 / (1 - R^2) in the residual sum of squares, stays below 1e-10, and
     they cost one BLAS-3 pass instead of a QR per chunk. Everything else (data sets of
     fewer than 2^16 values, NIST's certified ones included, constant or collinear columns,
@@ -90,7 +95,7 @@ def least_squares(
     x_mean = sums.mean[:d]  # exact for a constant column
     y_mean = float(sums.mean[d])
     tss = float(sums.gram[d, d])
-    factor = cholesky_factor(sums) if normal_equations_suffice(sums) else None
+    factor = normal_equations_factor(sums)
     method = "cholesky"
     if factor is None:
         factor, method = _tsqr(X, y, x_mean, y_mean, world), "tsqr"
@@ -116,6 +121,8 @@ def least_squares(
         x_mean=x_mean,
         y_mean=y_mean,
         r=r,
+        qty=z,
+        rss_tail=rss_tail,
         rank=rank,
         method=method,
     )
@@ -126,25 +133,25 @@ NORMAL_EQUATIONS_MAX_CONDITION = 1e4  # of the standardized Gram matrix (cond(X)
 NORMAL_EQUATIONS_MAX_R2 = 1.0 - 1e-6
 
 
-def normal_equations_suffice(sums: Moments) -> bool:
-    """Whether the Cholesky factor of the centered Gram matrix of [X, y] gives the least
-    squares to float64 rounding (see ``least_squares``)."""
+def normal_equations_factor(sums: Moments) -> np.ndarray | None:
+    """The Cholesky factor of the centered Gram matrix of [X, y] where it gives the least
+    squares to float64 rounding (see ``least_squares``), else None."""
     d = sums.gram.shape[0] - 1
     if d < 1 or sums.samples * (d + 1) < NORMAL_EQUATIONS_MIN_VALUES:
-        return False
+        return None
     spread = np.diag(sums.gram)
     if not np.all(np.isfinite(sums.gram)) or np.any(spread <= 0):
-        return False
+        return None
     scale = np.sqrt(spread)
     correlation = sums.gram / np.outer(scale, scale)
     eigenvalues = np.linalg.eigvalsh(correlation[:d, :d])
     if eigenvalues[0] <= eigenvalues[-1] / NORMAL_EQUATIONS_MAX_CONDITION:
-        return False
+        return None
     factor = cholesky_factor(sums)
     if factor is None:
-        return False
+        return None
     r2 = 1.0 - float(factor[d, d] ** 2) / float(spread[d])
-    return r2 <= NORMAL_EQUATIONS_MAX_R2
+    return factor if r2 <= NORMAL_EQUATIONS_MAX_R2 else None
 
 
 def cholesky_factor(sums: Moments) -> np.ndarray | None:
@@ -196,13 +203,16 @@ def linear_fits(
     ``np.einsum``: none through NumPy's BLAS."""
     shift = float(first_row(np.asarray(y).reshape(-1, 1), world)[0])
     weights = np.column_stack([w for w, _ in params]).reshape(X.shape[1], len(params))
-    biases = np.array([b for _, b in params], dtype=np.float64)
+    biases = np.array([b for _, b in params], dtype=np.float64)[:, None]
     sq, ab = np.zeros(len(params)), np.zeros(len(params))
     ys = ys2 = 0.0
     for (_, chunk), (_, y_chunk) in zip(chunks(X), chunks(y), strict=True):
-        residual = y_chunk[:, None] - (matmul(chunk, weights) + biases)
-        sq += np.einsum("ij,ij->j", residual, residual)
-        ab += np.abs(residual).sum(axis=0)
+        # one row of residuals per parameter pair: the sums below then run along rows
+        residual = np.empty((len(params), len(y_chunk)))
+        np.add(matmul(chunk, weights).T, biases, out=residual)
+        np.subtract(y_chunk, residual, out=residual)
+        sq += np.einsum("ij,ij->i", residual, residual)
+        ab += np.abs(residual, out=residual).sum(axis=1)
         centered = y_chunk - shift
         ys += float(centered.sum())
         ys2 += float(np.einsum("i,i->", centered, centered))

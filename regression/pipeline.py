@@ -24,7 +24,6 @@ from .config import TrainConfig, to_toml
 from .data import (
     BackgroundDigest,
     Dataset,
-    Moments,
     fingerprint,
     gather,
     moments,
@@ -54,7 +53,7 @@ from .statistics import (
     trained_distance,
 )
 from .threads import single_threaded
-from .train import Checkpointer, Curvature, ProgressCallback, ZeroStart, train
+from .train import Checkpointer, Curvature, FullBatchLoss, ProgressCallback, train
 
 
 @dataclass(frozen=True)
@@ -224,7 +223,7 @@ def _run(
         should_stop=should_stop,
         world=world,
         optimum=ols.mse,
-        zero_start=_zero_start(sums, scaling),
+        full_batch_loss=_full_batch_loss(ols, scaling),
     )
     train_seconds = time.perf_counter() - start
     # the data's digest is for the record: a thread computes it beside the evaluation pass
@@ -288,15 +287,18 @@ def _run(
     )
 
 
-def _zero_start(sums: Moments, scaling: Scaling) -> ZeroStart:
-    """The first epoch's loss and gradient from the moments of the training rows [X, y]:
-    with z = (x - m) / s, sum(z y) = (C_xy + n (mean_x - m) mean_y) / s for the centered
-    cross-products C_xy, and sum(y^2) = C_yy + n mean_y^2."""
-    d, n = len(scaling.mean), sums.samples
-    y_mean = float(sums.mean[d])
-    zy = (sums.gram[:d, d] + n * (sums.mean[:d] - scaling.mean) * y_mean) / scaling.scale
-    loss = float(sums.gram[d, d]) + n * y_mean**2
-    return ZeroStart(loss=loss, weight_grad=-2.0 * zy, bias_grad=-2.0 * n * y_mean)
+def _full_batch_loss(ols: LeastSquares, scaling: Scaling) -> FullBatchLoss:
+    """The training rows' loss as a function of the parameters (see FullBatchLoss), from
+    the least-squares factor of the centered rows: with z = (x - m) / s the centered inputs
+    are (x - mean(x)) / s, whose factor is r with column j divided by s_j."""
+    return FullBatchLoss(
+        samples=ols.samples,
+        factor=ols.r / scaling.scale,
+        target=ols.qty,
+        tail=ols.rss_tail,
+        input_mean=(ols.x_mean - scaling.mean) / scaling.scale,
+        target_mean=ols.y_mean,
+    )
 
 
 def _checkpointer(path: Path, identity: RunIdentity, every: int) -> Checkpointer:

@@ -225,13 +225,19 @@ def condition_numbers(ls: LeastSquares) -> tuple[float | None, float | None]:
         triangle[0, 1:] = math.sqrt(n) * ls.x_mean
         triangle[1:, 1:] = ls.r
         raw = _condition(np.linalg.svd(triangle, compute_uv=False), n)
+    return raw, _standardized_condition(ls)
+
+
+def _standardized_condition(ls: LeastSquares) -> float | None:
+    """The second of ``condition_numbers`` (also None without a varying column)."""
     norms = np.sqrt(np.sum(ls.r**2, axis=0))  # sqrt(n) times the standard deviations
     varying = norms > 0
-    standardized = None
-    if varying.any():
-        scaled = ls.r[:, varying] / norms[varying]
-        standardized = _condition(np.linalg.svd(scaled, compute_uv=False), n)
-    return raw, standardized
+    if not varying.any():
+        return None
+    if np.count_nonzero(varying) == 1:  # one column, scaled to norm 1: one singular value, 1
+        return 1.0
+    scaled = ls.r[:, varying] / norms[varying]
+    return _condition(np.linalg.svd(scaled, compute_uv=False), ls.samples)
 
 
 def _condition(singular_values: np.ndarray, n: int) -> float | None:
@@ -245,10 +251,9 @@ def collinearity_warning(ls: LeastSquares) -> str | None:
     """A warning when the features are linearly dependent or nearly so (the condition number
     of the standardized features above ``COLLINEARITY_THRESHOLD``); constant columns have
     their own warning and are left out here."""
-    norms = np.sqrt(np.sum(ls.r**2, axis=0))
-    if not (norms > 0).any():
+    if not (np.abs(ls.r) > 0).any():  # every column constant
         return None
-    _, standardized = condition_numbers(ls)
+    standardized = _standardized_condition(ls)
     if standardized is None:
         return (
             "the features are linearly dependent (a column is a combination of others): the "

@@ -93,7 +93,7 @@ def train(
     world: World = SINGLE,
     optimum: float | None = None,
     read_every: int | None = None,
-    zero_start: ZeroStart | None = None,
+    full_batch_loss: FullBatchLoss | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
     device, or a Source that yields them (see batches.py; a StandardizingSource is copied
@@ -109,9 +109,10 @@ def train(
     yes the loop saves the state of the last whole epoch (if checkpointing) and raises
     TrainingStopped. ``optimum`` is the least-squares mean squared error of the training
     rows (of every rank), if known: see EarlyStopping. ``read_every``: epochs between reads
-    of the loss (default: every epoch on the CPU, CUDA_READ_EVERY on CUDA). ``zero_start``:
-    the loss and gradient at the zero start, if known (see ZeroStart); a CPU full batch
-    starting from zero then takes its first step without a pass over the data.
+    of the loss (default: every epoch on the CPU, CUDA_READ_EVERY on CUDA).
+    ``full_batch_loss``: the training rows' loss as a function of the parameters, if known
+    (see FullBatchLoss); a CPU full batch then takes its epochs from it (float64: all of
+    them, without a pass over the data; float32: the first).
 
     Under torchrun (``world``) each rank holds a shard; the model is wrapped in
     DistributedDataParallel, whose gradient averaging is scaled so that every step uses the
@@ -155,6 +156,12 @@ def train(
     # CPU full batches in closed form, slices shared by threads (see _Sums); elsewhere
     # autograd, and a one-block batch on a GPU as one captured graph
     closed_form = full_batch and not world.distributed and source.device.type == "cpu"
+    # the epochs taken from the factor: all (float64) or the first (float32); see FullBatchLoss
+    factored = (
+        (math.inf if source.dtype == torch.float64 else 1)
+        if closed_form and full_batch_loss is not None
+        else 0
+    )
     single = full_batch and len(blocks) == 1 and not world.distributed and not closed_form
     # the optimum is only used where the loss is exact enough to compare with it, and where
     # the loop can skip a step (a captured CUDA graph always steps)
@@ -196,9 +203,10 @@ def train(
         read_every = 1
     elif read_every is None:
         read_every = CUDA_READ_EVERY if source.device.type == "cuda" else 1
-    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # unread (loss, val loss)
+    pending: list[tuple[torch.Tensor | float, torch.Tensor | None]] = []  # unread (loss, val loss)
     converged = False
-    sums = _Sums.start(len(blocks)) if closed_form else None
+    epoch_loss: torch.Tensor | float  # a float where it is computed on the host
+    sums = _Sums.start(len(blocks)) if closed_form and factored < math.inf else None
     start = time.perf_counter()
 
     def report(epoch: int, loss: float, val_loss: float | None) -> None:
@@ -211,6 +219,7 @@ def train(
             if (
                 isinstance(source, StandardizingSource)
                 and epoch - first_epoch == StandardizingSource.MATERIALIZE_AFTER
+                and epoch > factored
             ):
                 source = source.materialize()  # a long run: the copy now costs less
             if graphed is not None:
@@ -223,11 +232,14 @@ def train(
                 epoch_loss = loss.detach()
                 if not (exact and stopper.at_optimum(float(epoch_loss))):
                     step(optimizer)
+            elif epoch <= factored:  # a CPU full batch, from the factor
+                assert full_batch_loss is not None
+                epoch_loss = full_batch_loss.mean(model)
+                if not (exact and stopper.at_optimum(epoch_loss)):
+                    step(optimizer)
             elif full_batch:
                 _clear_grads(params)
-                if sums is not None and zero_start is not None and epoch == 1:
-                    losses = zero_start.sums(model)  # the parameters are still zero
-                elif sums is not None:
+                if sums is not None:
                     losses = sums.epoch(model, source, blocks)
                 else:
                     losses = []
@@ -298,22 +310,50 @@ def train(
 
 
 @dataclass(frozen=True)
-class ZeroStart:
-    """The first full-batch epoch, known without a pass over the data: at the zero start
-    (weight 0, bias 0) every residual is -y, so MSELoss's summed squares are sum(y^2) and
-    its gradient is -2 sum(z y) for the weight and -2 sum(y) for the bias, all of which the
-    moments of [X, y] give (see pipeline._zero_start)."""
+class FullBatchLoss:
+    """The full batch's summed MSELoss of nn.Linear and its gradient, for any parameters,
+    from the least-squares factor of the training rows instead of the rows themselves.
 
-    loss: float  # sum(y^2)
-    weight_grad: np.ndarray  # -2 sum(z y), (D,)
-    bias_grad: float  # -2 sum(y)
+    With the centered inputs z - mean(z) = Q @ factor (Q with orthonormal columns) and the
+    centered target y - mean(y) = Q @ target + a part orthogonal to every column, of squared
+    norm ``tail``, the residuals r = z @ w + b - y have
 
-    def sums(self, model: torch.nn.Linear) -> list[torch.Tensor]:
-        """Sets ``model``'s gradient of the summed loss; returns that loss, as _Sums.epoch."""
-        weight = model.weight
-        model.weight.grad = torch.tensor(self.weight_grad, dtype=weight.dtype).reshape(1, -1)
-        model.bias.grad = torch.tensor([self.bias_grad], dtype=weight.dtype)
-        return [torch.tensor(self.loss, dtype=weight.dtype)]  # as a slice's sum
+        sum(r^2)   = |factor @ w - target|^2 + tail + N c^2,   c = mean(z) @ w + b - mean(y)
+        d/dw       = 2 factor' (factor @ w - target) + 2 N c mean(z)
+        d/db       = 2 N c
+
+    because the centered part of r sums to zero. That is the data's loss and gradient to
+    float64 rounding, for D + 1 numbers a feature instead of N: the factor is the
+    (D + 1)-row stand-in for the data that the QR factorization (or, where it is exact to
+    rounding, the Cholesky factor of the moments) of the least-squares reference already
+    computed (see metrics.least_squares and pipeline._full_batch_loss).
+
+    float64 full-batch training on the CPU takes every epoch from it: the same steps as
+    epochs over the data (tested to 1e-12) without reading the data again. float32 training
+    takes only its first epoch from it (from the zero start, where every residual is -y),
+    and then computes its epochs in float32 on the data, the arithmetic it was asked for.
+    """
+
+    samples: int
+    factor: np.ndarray  # (D, D), upper triangular, in training units
+    target: np.ndarray  # (D,)
+    tail: float
+    input_mean: np.ndarray  # (D,): mean(z)
+    target_mean: float
+
+    def mean(self, model: torch.nn.Linear) -> float:
+        """Sets ``model``'s gradient of the mean loss over the rows; returns that loss (both
+        rounded to the model's dtype)."""
+        n, dtype = self.samples, model.weight.dtype
+        weight = model.weight.detach().reshape(-1).to(torch.float64).numpy()
+        bias = float(model.bias.detach()[0])
+        gap = self.factor @ weight - self.target
+        offset = float(self.input_mean @ weight) + bias - self.target_mean
+        weight_grad = (2.0 / n) * (self.factor.T @ gap) + (2.0 * offset) * self.input_mean
+        model.weight.grad = torch.from_numpy(weight_grad).to(dtype).reshape(1, -1)
+        model.bias.grad = torch.tensor([2.0 * offset], dtype=dtype)
+        loss = (float(gap @ gap) + self.tail) / n + offset**2
+        return loss if dtype == torch.float64 else torch.tensor(loss, dtype=dtype).item()
 
 
 class _Sums:
@@ -412,7 +452,7 @@ def _sum_in_order(tensors: list[torch.Tensor | None]) -> torch.Tensor:
 
 
 def _record(
-    pending: list[tuple[torch.Tensor, torch.Tensor | None]],
+    pending: list[tuple[torch.Tensor | float, torch.Tensor | None]],
     last: int,
     history: list[float],
     val_history: list[float] | None,
@@ -424,9 +464,10 @@ def _record(
     """Read the losses of epochs ``last - len(pending) + 1`` to ``last`` (one wait for the
     device), record them and feed the stopping rule; True when it is met."""
     if len(pending) == 1:
-        values = [float(pending[0][0].item())]
-    else:
-        values = torch.stack([loss.to(torch.float64) for loss, _ in pending]).tolist()
+        values = [float(pending[0][0])]
+    else:  # on the device: one read for all
+        losses = [torch.as_tensor(loss, dtype=torch.float64) for loss, _ in pending]
+        values = torch.stack(losses).tolist()
     val_values: list[float | None] = [None] * len(pending)
     if val_history is not None:
         sums = [val.to(torch.float64) for _, val in pending if val is not None]

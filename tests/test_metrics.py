@@ -359,9 +359,10 @@ def test_the_tsqr_keeps_what_the_normal_equations_would_get_wrong(case: str) -> 
 def test_normal_equations_limits_are_what_the_docstring_says() -> None:
     X, y = _large(300_000, 3, seed=8)  # 1.2e6 values: at least NORMAL_EQUATIONS_MIN_VALUES
     sums = regression.data.moments(X, y)
-    assert regression.metrics.normal_equations_suffice(sums)
-    assert not regression.metrics.normal_equations_suffice(
-        regression.data.moments(X[:100], y[:100])
+    assert regression.metrics.normal_equations_factor(sums) is not None
+    assert (
+        regression.metrics.normal_equations_factor(regression.data.moments(X[:100], y[:100]))
+        is None
     )
 
 

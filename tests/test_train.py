@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import regression.data
+import regression.metrics
 import regression.model
 import regression.pipeline
 import regression.train
@@ -843,8 +844,9 @@ _SUMS_EPOCH = regression.train._Sums.epoch  # before any test patches it
 def _float64_run(
     monkeypatch: pytest.MonkeyPatch, after: int, epochs: int
 ) -> tuple[RunResult, list[str]]:
-    """A float64 CPU full-batch run on data in memory, with the copy made after ``after``
-    epochs; returns it and the kinds of source each epoch's slices came from."""
+    """A float64 CPU full-batch run on data in memory, over the data (not from the factor),
+    with the copy made after ``after`` epochs; returns it and the kinds of source each
+    epoch's slices came from."""
     X, y, _ = _float64_data()
     data = Dataset(X=X, y=y, feature_names=["a", "b", "c"], target_name="y", source="test")
     monkeypatch.setattr(StandardizingSource, "MATERIALIZE_AFTER", after)
@@ -856,6 +858,8 @@ def _float64_run(
         return epoch(self, model, source, blocks)  # type: ignore[arg-type]
 
     monkeypatch.setattr(regression.train._Sums, "epoch", spy)
+    # without the factor, which would stand in for every epoch (see FullBatchLoss)
+    monkeypatch.setattr(regression.pipeline, "_full_batch_loss", lambda ols, scaling: None)
     config = TrainConfig(epochs=epochs, tol=0.0, dtype="float64", device="cpu", lr=0.3)
     return run_training(config, data=data), kinds
 
@@ -868,10 +872,10 @@ def test_a_float64_run_reads_the_data_in_place_then_copies_it_if_long(
     copied, kinds_copied = _float64_run(monkeypatch, 0, 8)
     late, kinds_late = _float64_run(monkeypatch, 3, 8)
     never, kinds_never = _float64_run(monkeypatch, 100, 8)
-    # the first epoch needs no pass (ZeroStart); the copy is made at epoch 1 + after
-    assert kinds_copied == ["TensorSource"] * 7
-    assert kinds_late == ["StandardizingSource"] * 2 + ["TensorSource"] * 5
-    assert kinds_never == ["StandardizingSource"] * 7
+    # the copy is made at epoch 1 + after
+    assert kinds_copied == ["TensorSource"] * 8
+    assert kinds_late == ["StandardizingSource"] * 3 + ["TensorSource"] * 5
+    assert kinds_never == ["StandardizingSource"] * 8
     for run in (late, never):
         assert run.history == copied.history
         assert np.array_equal(run.params.weight, copied.params.weight)
@@ -894,44 +898,95 @@ def test_float32_and_mini_batch_runs_train_on_a_copy(monkeypatch: pytest.MonkeyP
         assert type(source) is kind
 
 
-# -- the first epoch from the moments ---------------------------------------------------------
+# -- epochs from the least-squares factor -----------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ["tsqr", "cholesky"])
 @pytest.mark.parametrize("standardize", [True, False])
-def test_the_zero_start_is_the_first_epochs_loss_and_gradient(standardize: bool) -> None:
-    """ZeroStart (from the moments of [X, y]) against the slices' closed form at the zero
-    parameters, which is autograd's gradient (tested above)."""
-    X, y, scaling = _float64_data()
+@pytest.mark.parametrize("start", ["zero", "elsewhere"])
+def test_the_factor_gives_the_full_batchs_loss_and_gradient(
+    method: str, standardize: bool, start: str
+) -> None:
+    """FullBatchLoss (from the least-squares factor, by TSQR or by the Cholesky factor of the
+    moments) against the slices' closed form over the data, which is autograd's (tested
+    above), at the zero start and away from it."""
+    X, y, scaling = _float64_data(n=30_000 if method == "cholesky" else 6000)
     if not standardize:
         scaling = Scaling.identity(3)
-    sums = regression.data.moments(X, y)
-    start = regression.pipeline._zero_start(sums, scaling)
+    ols = regression.metrics.least_squares(X, y)
+    assert ols.method == method
+    loss = regression.pipeline._full_batch_loss(ols, scaling)
     cpu = torch.device("cpu")
     source = TensorSource(
         to_training_tensor(X, scaling, device=cpu, dtype=torch.float64),
         target_tensor(y, device=cpu, dtype=torch.float64),
     )
     model = regression.model.build_model(3, device=cpu, dtype=torch.float64)
-    blocks = [(first, min(first + 1000, 6000)) for first in range(0, 6000, 1000)]
-    sums_epoch = regression.train._Sums(None)
-    expected = float(sum(sums_epoch.epoch(model, source, blocks)))
-    want_weight, want_bias = model.weight.grad.clone(), model.bias.grad.clone()  # type: ignore[union-attr]
-    losses = start.sums(model)
-    assert float(losses[0]) == pytest.approx(expected, rel=1e-12)
-    torch.testing.assert_close(model.weight.grad, want_weight, rtol=1e-10, atol=0)
-    torch.testing.assert_close(model.bias.grad, want_bias, rtol=1e-12, atol=0)
+    if start == "elsewhere":
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
+            model.bias.fill_(3.0)
+    n = len(y)
+    blocks = [(first, min(first + 1000, n)) for first in range(0, n, 1000)]
+    expected = float(sum(regression.train._Sums(None).epoch(model, source, blocks))) / n
+    want_weight, want_bias = model.weight.grad / n, model.bias.grad / n  # type: ignore[operator]
+    assert loss.mean(model) == pytest.approx(expected, rel=1e-12)
+    torch.testing.assert_close(model.weight.grad, want_weight, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(model.bias.grad, want_bias, rtol=1e-9, atol=1e-12)
+
+
+def _without_factor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(regression.pipeline, "_full_batch_loss", lambda ols, scaling: None)
 
 
 @pytest.mark.parametrize(("dtype", "rtol"), [("float64", 1e-10), ("float32", 1e-4)])
-def test_a_run_from_the_zero_start_is_the_run_with_a_first_pass(
+def test_a_run_from_the_factor_is_the_run_over_the_data(
     dtype: str, rtol: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     X, y, _ = _float64_data()
     data = Dataset(X=X, y=y, feature_names=["a", "b", "c"], target_name="y", source="test")
     config = TrainConfig(epochs=30, tol=0.0, dtype=dtype, device="cpu", momentum=0.2)
     fast = run_training(config, data=data)
-    monkeypatch.setattr(regression.pipeline, "_zero_start", lambda sums, scaling: None)
+    _without_factor(monkeypatch)
     slow = run_training(config, data=data)
     np.testing.assert_allclose(fast.history, slow.history, rtol=rtol)
     np.testing.assert_allclose(fast.params.weight, slow.params.weight, rtol=rtol)
     assert fast.params.bias == pytest.approx(slow.params.bias, rel=rtol)
+
+
+def test_longley_from_the_factor_is_longley_over_the_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Badly conditioned data (standardized condition number 1.2e4, 699 heavy-ball epochs):
+    the factor's epochs follow the data's to rounding."""
+    path = Path(__file__).parent / "data" / "longley.csv"
+    config = TrainConfig(data=str(path), target="y", dtype="float64", device="cpu")
+    fast = run_training(config)
+    _without_factor(monkeypatch)
+    slow = run_training(config)
+    assert len(fast.history) == len(slow.history)
+    np.testing.assert_allclose(fast.history, slow.history, rtol=1e-9)
+    np.testing.assert_allclose(fast.params.weight, slow.params.weight, rtol=1e-9)
+    assert fast.optimality_gap == pytest.approx(slow.optimality_gap, rel=1e-4)
+
+
+@pytest.mark.parametrize(("dtype", "passes"), [("float64", 0), ("float32", 9)])
+def test_float64_full_batch_epochs_read_no_data(
+    dtype: str, passes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """float64 takes every epoch from the factor; float32 its first, then goes over the data
+    in its own arithmetic."""
+    X, y, _ = _float64_data()
+    data = Dataset(X=X, y=y, feature_names=["a", "b", "c"], target_name="y", source="test")
+    seen: list[int] = []
+    epoch = _SUMS_EPOCH
+
+    def spy(self: object, model: torch.nn.Linear, source: object, blocks: object) -> object:
+        seen.append(1)
+        return epoch(self, model, source, blocks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(regression.train._Sums, "epoch", spy)
+    config = TrainConfig(epochs=10, tol=0.0, dtype=dtype, device="cpu")  # type: ignore[arg-type]
+    result = run_training(config, data=data)
+    assert len(result.history) == 10
+    assert len(seen) == passes
