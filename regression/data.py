@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import math
 import mmap
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -16,7 +15,7 @@ import torch
 from .config import TrainConfig
 from .distributed import SINGLE, World
 from .errors import DataError
-from .threads import CorePool, scratch
+from .threads import CorePool, background, scratch
 
 CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes ...
 CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of float64 (wide data: fewer rows)
@@ -167,28 +166,16 @@ def digest(data: Dataset) -> str:
 
 
 class BackgroundDigest:
-    """``digest(data)`` computed by a thread while the caller goes on: hashlib and NumPy's
-    casts and copies release the GIL, so on a second core the hashing costs no wall time.
-    ``result`` waits for it and raises what the thread raised."""
+    """``digest(data)`` computed on one of the process's worker threads (threads.background)
+    while the caller goes on: hashlib and NumPy's casts and copies release the GIL, so on a
+    second core the hashing costs no wall time. ``result`` waits for it and raises what the
+    thread raised."""
 
     def __init__(self, data: Dataset) -> None:
-        self._value: str | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(data,), daemon=True)
-        self._thread.start()
-
-    def _run(self, data: Dataset) -> None:
-        try:
-            self._value = digest(data)
-        except BaseException as error:  # handed to the caller of result()
-            self._error = error
+        self._future = background(digest, data)
 
     def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
+        return self._future.result()
 
 
 def shard(data: Dataset, world: World) -> Dataset:

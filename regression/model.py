@@ -29,14 +29,20 @@ class Scaling:
         return w, float(bias) - float(w @ self.mean)
 
 
+class ZeroLinear(torch.nn.Linear):
+    """``nn.Linear`` whose parameters start at zero: the loss is convex, so the start only
+    needs to be deterministic, and zeros are that without touching any random state (nor
+    paying for nn.Linear's Kaiming draw, a third of its construction)."""
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.zero_()
+            self.bias.zero_()
+
+
 def build_model(features: int, *, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:
-    """A zero-initialized ``nn.Linear(features, 1)``: the loss is convex, so the start only
-    needs to be deterministic, and zeros are that without touching any random state."""
-    model = torch.nn.Linear(features, 1, device=device, dtype=dtype)
-    with torch.no_grad():
-        model.weight.zero_()
-        model.bias.zero_()
-    return model
+    """A zero-initialized ``nn.Linear(features, 1)``."""
+    return ZeroLinear(features, 1, device=device, dtype=dtype)
 
 
 def to_training_tensor(

@@ -197,7 +197,6 @@ def _run(
             target_tensor(val_data.y, device=device, dtype=dtype),
         )
     data_sha256: str | None = None
-    checkpoint_path = (run_dir or Path(".")) / CHECKPOINT_FILE
     checkpointer = None
     identity = None
     if config.checkpoint_every or resume:  # checkpoints name the data
@@ -210,7 +209,9 @@ def _run(
             validation=val is not None,
         )
         if config.checkpoint_every and world.is_main:  # one rank writes; all hold the same
-            checkpointer = _checkpointer(checkpoint_path, identity, config.checkpoint_every)
+            checkpointer = _checkpointer(
+                _checkpoint_path(run_dir), identity, config.checkpoint_every
+            )
     trained = train(
         source,
         config=config,
@@ -218,7 +219,9 @@ def _run(
         momentum=momentum,
         val=val,
         progress=progress,
-        resume=load_checkpoint(checkpoint_path, identity) if identity and resume else None,
+        resume=load_checkpoint(_checkpoint_path(run_dir), identity)
+        if identity and resume
+        else None,
         checkpointer=checkpointer,
         should_stop=should_stop,
         world=world,
@@ -299,6 +302,10 @@ def _full_batch_loss(ols: LeastSquares, scaling: Scaling) -> FullBatchLoss:
         input_mean=(ols.x_mean - scaling.mean) / scaling.scale,
         target_mean=ols.y_mean,
     )
+
+
+def _checkpoint_path(run_dir: Path | None) -> Path:
+    return (run_dir or Path(".")) / CHECKPOINT_FILE
 
 
 def _checkpointer(path: Path, identity: RunIdentity, every: int) -> Checkpointer:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ _lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_workers = 0
 _local = threading.local()
+T = TypeVar("T")
 
 
 MIN_PIECES = 4
@@ -63,6 +65,12 @@ def _shared_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
             _executor = concurrent.futures.ThreadPoolExecutor(workers, "linreg-core")
             _executor_workers = workers
         return _executor
+
+
+def background(function: Callable[..., T], *args: object) -> concurrent.futures.Future[T]:
+    """``function(*args)`` on one of the process's worker threads; the future gives its
+    result (or raises its exception)."""
+    return _shared_executor(1).submit(function, *args)
 
 
 def scratch(size: int, dtype: np.dtype | type = np.float64) -> np.ndarray:

@@ -74,6 +74,10 @@ class Checkpointer:
 # stay in the cache, so the data is read from memory about once per epoch, not several times.
 CPU_SLICE_BYTES = 4 << 20
 
+# The loss: MSELoss's sum over rows (it holds no state, so one serves every run; built per run
+# it would be a few percent of a small run's time)
+SUMMED_MSE = torch.nn.MSELoss(reduction="sum")
+
 # On CUDA the loop reads the epoch losses (a wait for the device) every this many epochs
 CUDA_READ_EVERY = 16
 
@@ -143,8 +147,9 @@ def train(
         groups,
         lr=lr,
         momentum=momentum if momentum is not None else (config.momentum or 0.0),
+        cpu=source.device.type == "cpu",
     )
-    loss_fn = torch.nn.MSELoss(reduction="sum")  # divided by N: the mean over the epoch
+    loss_fn = SUMMED_MSE  # divided by N: the mean over the epoch
     params = [model.weight, model.bias]
     full_batch = config.batch_size == 0 or config.batch_size >= max(sizes)
     blocks = _blocks(source, n if full_batch else config.batch_size)
@@ -346,7 +351,7 @@ class FullBatchLoss:
         rounded to the model's dtype)."""
         n, dtype = self.samples, model.weight.dtype
         weight = model.weight.detach().reshape(-1).to(torch.float64).numpy()
-        bias = float(model.bias.detach()[0])
+        bias = model.bias.item()
         gap = self.factor @ weight - self.target
         offset = float(self.input_mean @ weight) + bias - self.target_mean
         weight_grad = (2.0 / n) * (self.factor.T @ gap) + (2.0 * offset) * self.input_mean

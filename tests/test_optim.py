@@ -13,7 +13,9 @@ import torch
 from regression.optim import sgd, step
 
 
-def _fit(stepper: str, *, momentum: float, weight_decay: float) -> list[torch.Tensor]:
+def _fit(
+    stepper: str, *, momentum: float, weight_decay: float, cpu: bool = False
+) -> list[torch.Tensor]:
     """Parameters after 25 steps of nn.Linear + MSELoss on fixed data."""
     generator = torch.Generator().manual_seed(3)
     X = torch.randn(200, 4, generator=generator, dtype=torch.float64)
@@ -28,7 +30,7 @@ def _fit(stepper: str, *, momentum: float, weight_decay: float) -> list[torch.Te
     if stepper == "torch":
         optimizer = torch.optim.SGD(groups, lr=0.05, momentum=momentum)
     else:
-        optimizer = sgd(groups, lr=0.05, momentum=momentum)
+        optimizer = sgd(groups, lr=0.05, momentum=momentum, cpu=cpu)
     for _ in range(25):
         optimizer.zero_grad(set_to_none=True)
         torch.nn.MSELoss()(model(X), y).backward()
@@ -39,9 +41,12 @@ def _fit(stepper: str, *, momentum: float, weight_decay: float) -> list[torch.Te
     return [model.weight.detach().clone(), model.bias.detach().clone()]
 
 
+@pytest.mark.parametrize("cpu", [False, True])  # True: foreach=False said, not found out
 @pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.5, 0.01)])
-def test_step_is_bit_identical_to_optimizer_step(momentum: float, weight_decay: float) -> None:
-    ours = _fit("ours", momentum=momentum, weight_decay=weight_decay)
+def test_step_is_bit_identical_to_optimizer_step(
+    momentum: float, weight_decay: float, cpu: bool
+) -> None:
+    ours = _fit("ours", momentum=momentum, weight_decay=weight_decay, cpu=cpu)
     theirs = _fit("torch", momentum=momentum, weight_decay=weight_decay)
     for a, b in zip(ours, theirs, strict=True):
         assert torch.equal(a, b)
