@@ -42,6 +42,21 @@ def chunks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np
         yield start, block
 
 
+def float64_rows(array: np.ndarray, start: int, stop: int, slot: str) -> np.ndarray:
+    """Rows [start, stop) of ``array`` as a C-contiguous float64 array that torch can take:
+    a view where the array's rows already are that (so read them only), else a copy in this
+    thread's scratch buffer ``slot``. Either way no fresh memory: a pass of these over data
+    in memory writes nothing new (fresh pages cost more than the pass, and writing them
+    pushes the data out of the cache). Give a memory-mapped file's pages back (``release``)
+    once done with the rows."""
+    rows = array[start:stop]
+    if rows.dtype == np.float64 and rows.flags.c_contiguous and rows.flags.writeable:
+        return rows
+    into = scratch(rows.size, slot=slot).reshape(rows.shape)
+    np.copyto(into, rows, casting="unsafe")
+    return into
+
+
 def gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """array[rows] for sorted ``rows``, a few at a time, giving back the pages of a
     memory-mapped file after each few (a scattered read faults in far more than the rows)."""
@@ -158,10 +173,13 @@ def digest(data: Dataset) -> str:
     """This process's part of ``fingerprint``: the SHA-256 of its rows."""
     hasher = hashlib.sha256()
     hasher.update(f"{data.samples}x{data.features};".encode())
-    for _, block in chunks(data.X):
-        hasher.update(block.astype("<f8", copy=False).data)
-    for _, block in chunks(data.y):
-        hasher.update(block.astype("<f8", copy=False).data)
+    for array in (data.X, data.y):
+        size = chunk_rows(array.shape[1] if array.ndim > 1 else 1)
+        for start in range(0, array.shape[0], size):
+            stop = min(start + size, array.shape[0])
+            rows = float64_rows(array, start, stop, "digest")
+            hasher.update(rows.astype("<f8", copy=False).data)
+            release(array, start, stop)
     return hasher.hexdigest()
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Moments, chunks, first_row, moments
+from .data import Moments, chunk_rows, chunks, first_row, float64_rows, moments, release
 from .distributed import SINGLE, World
+from .threads import scratch
 
 
 @dataclass(frozen=True)
@@ -197,27 +198,37 @@ def linear_fits(
     each: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> list[Fit]:
     """``linear_fit`` of several (weight, bias) pairs in one pass over the data. ``each``
-    then gets every float64 chunk of X and y, in order, and may change them.
+    then gets every chunk of X and y, in order, as float64 (views of the data where it is
+    float64 already: read only).
 
-    The products go through torch (see ``matmul``), the sums through
-    ``np.einsum``: none through NumPy's BLAS."""
+    The products go through torch (see ``matmul``), the sums through ``np.einsum``: none
+    through NumPy's BLAS. Every temporary is a scratch buffer (see data.float64_rows)."""
     shift = float(first_row(np.asarray(y).reshape(-1, 1), world)[0])
-    weights = np.column_stack([w for w, _ in params]).reshape(X.shape[1], len(params))
+    p = len(params)
+    weights = np.column_stack([w for w, _ in params]).reshape(X.shape[1], p)
     biases = np.array([b for _, b in params], dtype=np.float64)[:, None]
-    sq, ab = np.zeros(len(params)), np.zeros(len(params))
+    sq, ab = np.zeros(p), np.zeros(p)
     ys = ys2 = 0.0
-    for (_, chunk), (_, y_chunk) in zip(chunks(X), chunks(y), strict=True):
+    size = chunk_rows(X.shape[1])
+    for start in range(0, X.shape[0], size):
+        stop = min(start + size, X.shape[0])
+        m = stop - start
+        chunk = float64_rows(X, start, stop, "fit rows")
+        y_chunk = float64_rows(y, start, stop, "fit target")
         # one row of residuals per parameter pair: the sums below then run along rows
-        residual = np.empty((len(params), len(y_chunk)))
-        np.add(matmul(chunk, weights).T, biases, out=residual)
+        product = matmul(chunk, weights, out=scratch(m * p, slot="fit product").reshape(m, p))
+        residual = scratch(p * m, slot="fit residual").reshape(p, m)
+        np.add(product.T, biases, out=residual)
         np.subtract(y_chunk, residual, out=residual)
         sq += np.einsum("ij,ij->i", residual, residual)
         ab += np.abs(residual, out=residual).sum(axis=1)
-        centered = y_chunk - shift
+        centered = np.subtract(y_chunk, shift, out=scratch(m, slot="fit centered"))
         ys += float(centered.sum())
         ys2 += float(np.einsum("i,i->", centered, centered))
         if each is not None:
             each(chunk, y_chunk)
+        release(X, start, stop)
+        release(y, start, stop)
     totals = world.sum(np.concatenate([[X.shape[0], ys, ys2], sq, ab]))
     n, ys, ys2 = (float(v) for v in totals[:3])
     ss_tot = ys2 - ys * ys / n  # shifted sums: exactly 0 if y is constant
@@ -231,7 +242,7 @@ def linear_fits(
     return fits
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """a @ b for the passes of a training run, by torch's BLAS rather than NumPy's.
 
     NumPy's OpenBLAS runs a large product on threads that then spin, waiting for the next
@@ -241,8 +252,14 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     here, not above: ``linreg predict`` uses this module without it."""
     import torch
 
-    product = torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))
-    return product.numpy()
+    left, right = (
+        torch.from_numpy(np.ascontiguousarray(a)),
+        torch.from_numpy(np.ascontiguousarray(b)),
+    )
+    if out is None:
+        return (left @ right).numpy()
+    torch.matmul(left, right, out=torch.from_numpy(out))
+    return out
 
 
 def linear_predict(X: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 from .artifacts import IntervalBasis
 from .data import chunks
 from .metrics import LeastSquares, matmul
+from .threads import scratch
 
 # Above this condition number of the standardized features (a scale-free measure), the run
 # warns of collinearity: Belsley, Kuh and Welsch's rule of thumb for condition indices.
@@ -331,13 +332,17 @@ def residual_run(X: np.ndarray, y: np.ndarray, ls: LeastSquares) -> ResidualRun:
 
 
 def chunk_residual_run(chunk: np.ndarray, y_rows: np.ndarray, ls: LeastSquares) -> ResidualRun:
-    """The run of one float64 chunk (changed in place). The residuals are formed from
-    centered data, (y - mean y) - (X - mean X) @ w, which keeps their digits when the
-    intercept is large (Longley's is -3.5e6 for residuals of about 300)."""
-    chunk -= ls.x_mean
-    e = y_rows - ls.y_mean
-    e -= matmul(chunk, ls.weight)  # not NumPy's BLAS: see metrics.matmul
-    steps = np.diff(e)
+    """The run of one float64 chunk. The residuals are formed from centered data,
+    (y - mean y) - (X - mean X) @ w, which keeps their digits when the intercept is large
+    (Longley's is -3.5e6 for residuals of about 300); the temporaries are scratch buffers
+    (see data.float64_rows)."""
+    m = len(y_rows)
+    centered = np.subtract(
+        chunk, ls.x_mean, out=scratch(chunk.size, slot="run rows").reshape(chunk.shape)
+    )
+    e = np.subtract(y_rows, ls.y_mean, out=scratch(m, slot="run residuals"))
+    e -= matmul(centered, ls.weight, out=scratch(m, slot="run product"))  # see metrics.matmul
+    steps = np.subtract(e[1:], e[:-1], out=scratch(max(m - 1, 0), slot="run steps"))
     return ResidualRun(
         first=float(e[0]),
         last=float(e[-1]),

@@ -73,14 +73,17 @@ def background(function: Callable[..., T], *args: object) -> concurrent.futures.
     return _shared_executor(1).submit(function, *args)
 
 
-def scratch(size: int, dtype: np.dtype | type = np.float64) -> np.ndarray:
-    """``size`` values of ``dtype`` in this thread's scratch buffer: the same memory at every
-    call from the thread, so use it for one thing at a time."""
+def scratch(size: int, dtype: np.dtype | type = np.float64, slot: str = "") -> np.ndarray:
+    """``size`` values of ``dtype`` in this thread's scratch buffer named ``slot``: the same
+    memory at every call from the thread with that name, so use each for one thing at a
+    time. A buffer grows to the largest size asked of it and is kept."""
     itemsize = np.dtype(dtype).itemsize
-    buffer: np.ndarray | None = getattr(_local, "buffer", None)
+    buffers: dict[str, np.ndarray] | None = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    buffer = buffers.get(slot)
     if buffer is None or buffer.size < size * itemsize:
-        buffer = np.empty(max(size * itemsize, 64), dtype=np.uint8)
-        _local.buffer = buffer
+        buffer = buffers[slot] = np.empty(max(size * itemsize, 64), dtype=np.uint8)
     return buffer[: size * itemsize].view(dtype)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +266,46 @@ def test_moments_of_a_constant_column_are_exact(value: float) -> None:
     assert sums.column_stats(2).std[0] == 0.0
 
 
+def test_fingerprint_is_the_sha256_of_the_float64_rows() -> None:
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(150_000, 2)).astype(np.float32), rng.normal(size=150_000)
+    data = Dataset(X=X, y=y, feature_names=("a", "b"), target_name="y", source="m")
+    oracle = hashlib.sha256(b"150000x2;")
+    oracle.update(X.astype("<f8").tobytes())
+    oracle.update(y.astype("<f8").tobytes())
+    assert fingerprint(data) == oracle.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("make", "view"),
+    [
+        (lambda a: a, True),
+        (lambda a: a.astype(np.float32), False),
+        (np.asfortranarray, False),
+        (lambda a: np.repeat(a, 2, axis=0)[::2], False),
+        (lambda a: np.require(a, requirements="C").copy().view(), True),
+    ],
+)
+def test_float64_rows_are_views_where_they_can_be_else_scratch(make: object, view: bool) -> None:
+    X = np.random.default_rng(6).normal(size=(1000, 3))
+    data = make(X)  # type: ignore[operator]
+    rows = regression.data.float64_rows(data, 100, 300, "test")
+    assert rows.dtype == np.float64 and rows.flags.c_contiguous and rows.shape == (200, 3)
+    np.testing.assert_array_equal(rows, np.asarray(data[100:300], dtype=np.float64))
+    assert np.shares_memory(rows, data) is view
+    if not view:
+        assert np.shares_memory(rows, regression.threads.scratch(600, slot="test"))
+
+
+def test_float64_rows_of_a_read_only_file_are_copies(tmp_path: Path) -> None:
+    X = np.random.default_rng(7).normal(size=(1000, 3))
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    rows = regression.data.float64_rows(mapped, 0, 500, "test")
+    assert rows.flags.writeable and not np.shares_memory(rows, mapped)
+    np.testing.assert_array_equal(rows, X[:500])
+
+
 def test_background_digest_is_the_digest_and_reraises() -> None:
     X = np.random.default_rng(13).normal(size=(70_000, 3)).astype(np.float32)
     data = Dataset(X=X, y=X.sum(axis=1), feature_names=("a", "b", "c"), target_name="y", source="s")
@@ -340,3 +382,6 @@ def test_scratch_is_the_same_memory_for_each_thread() -> None:
     thread.start()
     thread.join()
     assert not np.shares_memory(first, other[0])
+    named = regression.threads.scratch(1000, slot="other")
+    assert not np.shares_memory(first, named)
+    assert np.shares_memory(named, regression.threads.scratch(10, slot="other"))
