@@ -69,9 +69,15 @@ def to_training_tensor(
     return out
 
 
+NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {
+    torch.float64: np.dtype(np.float64),
+    torch.float32: np.dtype(np.float32),
+}
+
+
 def target_tensor(y: np.ndarray, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The target as an (N, 1) column, matching ``nn.Linear``'s output shape."""
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    np_dtype = NUMPY_DTYPES.get(dtype) or torch.empty((), dtype=dtype).numpy().dtype
     column = np.ascontiguousarray(y, dtype=np_dtype)
     if not column.flags.writeable:  # a memory-mapped file: torch wants memory it may write
         column = column.copy()

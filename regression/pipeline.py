@@ -386,9 +386,9 @@ def _auto_step(
     The second moments of the training inputs come from the least-squares factor
     (Xc'Xc = R'R), without another pass over the data.
     """
-    n = ols.samples
-    shift = (ols.x_mean - scaling.mean) / scaling.scale  # mean of the training inputs
-    centered = (ols.r.T @ ols.r) / n / np.outer(scaling.scale, scaling.scale)
+    n, scale = ols.samples, scaling.scale
+    shift = (ols.x_mean - scaling.mean) / scale  # mean of the training inputs
+    centered = (ols.r.T @ ols.r) / (n * np.outer(scale, scale))
     curvature = Curvature.of(centered + np.outer(shift, shift), shift, config.weight_decay)
     if config.lr is not None:
         return config.lr, config.momentum or 0.0

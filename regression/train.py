@@ -154,9 +154,11 @@ def train(
     full_batch = config.batch_size == 0 or config.batch_size >= max(sizes)
     blocks = _blocks(source, n if full_batch else config.batch_size)
     steps = len(blocks) if full_batch else -(-max(sizes) // config.batch_size)
-    step_rows = [
-        sum(_block_rows(size, config.batch_size, k) for size in sizes) for k in range(steps)
-    ]
+    step_rows = (  # rows of all ranks in each mini-batch step
+        []
+        if full_batch
+        else [sum(_block_rows(size, config.batch_size, k) for size in sizes) for k in range(steps)]
+    )
     shuffle = torch.Generator().manual_seed(config.seed)
     # CPU full batches in closed form, slices shared by threads (see _Sums); elsewhere
     # autograd, and a one-block batch on a GPU as one captured graph
@@ -350,12 +352,14 @@ class FullBatchLoss:
         """Sets ``model``'s gradient of the mean loss over the rows; returns that loss (both
         rounded to the model's dtype)."""
         n, dtype = self.samples, model.weight.dtype
-        weight = model.weight.detach().reshape(-1).to(torch.float64).numpy()
-        bias = model.bias.item()
-        gap = self.factor @ weight - self.target
-        offset = float(self.input_mean @ weight) + bias - self.target_mean
-        weight_grad = (2.0 / n) * (self.factor.T @ gap) + (2.0 * offset) * self.input_mean
-        model.weight.grad = torch.from_numpy(weight_grad).to(dtype).reshape(1, -1)
+        weight = model.weight.detach().to(torch.float64).numpy()[0]
+        gap = self.factor @ weight
+        gap -= self.target
+        offset = float(self.input_mean @ weight) + model.bias.item() - self.target_mean
+        weight_grad = self.factor.T @ gap
+        weight_grad *= 2.0 / n
+        weight_grad += (2.0 * offset) * self.input_mean
+        model.weight.grad = torch.from_numpy(weight_grad[None]).to(dtype)
         model.bias.grad = torch.tensor([2.0 * offset], dtype=dtype)
         loss = (float(gap @ gap) + self.tail) / n + offset**2
         return loss if dtype == torch.float64 else torch.tensor(loss, dtype=dtype).item()
@@ -724,12 +728,12 @@ class Curvature:
         gram[:d, :d] = second_moment
         gram[:d, d] = gram[d, :d] = mean
         gram[d, d] = 1.0
-        eigenvalues = 2.0 * np.linalg.eigvalsh(gram)
-        largest = float(eigenvalues[-1])
+        eigenvalues = np.linalg.eigvalsh(gram).tolist()  # ascending
+        largest = 2.0 * eigenvalues[-1]
         # a constant or duplicated column adds a direction the loss does not change along:
         # the gradient never points there, so it does not limit the convergence
-        seen = eigenvalues[eigenvalues > 1e-10 * largest]
-        return cls(largest=largest + weight_decay, smallest=float(seen[0]) + weight_decay)
+        smallest = 2.0 * next(value for value in eigenvalues if 2.0 * value > 1e-10 * largest)
+        return cls(largest=largest + weight_decay, smallest=smallest + weight_decay)
 
     @property
     def condition(self) -> float:
@@ -747,10 +751,10 @@ class Curvature:
         1/L with no momentum. The stability margin is about 1/k of L, so for badly
         conditioned data L is taken 0.1 % larger."""
         largest = self.largest * (1.001 if self.condition > 100 else 1.0)
-        root_l, root_mu = np.sqrt(largest), np.sqrt(self.smallest)
+        root_l, root_mu = math.sqrt(largest), math.sqrt(self.smallest)
         lr = 4.0 / (root_l + root_mu) ** 2
         momentum = ((root_l - root_mu) / (root_l + root_mu)) ** 2
-        return float(lr), float(momentum)
+        return lr, momentum
 
     def minibatch_lr(self, samples: int, batch_size: int, max_row_norm2: float) -> float:
         """With mini-batches of B rows the expected smoothness grows towards the single-row
