@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -179,9 +180,6 @@ def _run(
         if std == 0
     ]
     ols = least_squares(X, y, world, sums=sums)
-    collinear = collinearity_warning(ols)
-    if collinear is not None:
-        warnings.append(collinear)
     scaling = (
         Scaling(mean=stats.mean, scale=stats.scale)
         if config.standardize
@@ -229,6 +227,9 @@ def _run(
         full_batch_loss=_full_batch_loss(ols, scaling),
     )
     train_seconds = time.perf_counter() - start
+    collinear = collinearity_warning(ols)  # for the record: training does not need it
+    if collinear is not None:
+        warnings.append(collinear)
     # the data's digest is for the record: a thread computes it beside the evaluation pass
     local_digest = BackgroundDigest(data) if data_sha256 is None else None
     linear_weight = trained.model.weight.detach().cpu().numpy().astype(np.float64).reshape(-1)
@@ -327,10 +328,17 @@ SMALL_DATA_BYTES = 4 << 20
 FIGURE_ROWS = 5000  # rows drawn in the figure's scatter plots (a seeded sample beyond that)
 
 
+@functools.lru_cache(maxsize=4)
 def _figure_rows(n: int) -> np.ndarray:
-    if n <= FIGURE_ROWS:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, FIGURE_ROWS, replace=False))
+    """The rows the figure shows: all, or a sample seeded by n alone (read only: cached)."""
+    rows = (
+        np.arange(n)
+        if n <= FIGURE_ROWS
+        else np.random.default_rng(0).choice(n, FIGURE_ROWS, replace=False)
+    )
+    rows.sort()
+    rows.flags.writeable = False
+    return rows
 
 
 def _source(
