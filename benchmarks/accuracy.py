@@ -324,8 +324,9 @@ def accuracy(settings: Settings) -> Section:
             f"against {GAP:.0e} and the worst gap over the repetitions is shown.",
             "`to a trained model` is the time from the start of the run_training call to the end "
             "of its training loop: the moments pass (column statistics, least-squares "
-            "reference, curvature for --lr auto), the standardized training tensor and every "
-            "epoch, the --patience epochs after the gap was reached included. That is the time "
+            "reference, curvature for --lr auto) and every epoch (float64: from the "
+            "least-squares factor, without a pass over the data), the --patience epochs after "
+            "the gap was reached included. That is the time "
             "to reach the gap, and the goals are judged on it. The whole call then evaluates "
             "the model for the record (float64 metrics of the learned and the least-squares "
             "parameters, statistics, Durbin-Watson, the SHA-256 of the data): shown beside it, "

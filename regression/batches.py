@@ -66,9 +66,10 @@ class StandardizingSource:
     reading thread's scratch buffer (valid until that thread's next read): the same values,
     bit for bit, as the rows of the training tensor ``materialize`` makes.
 
-    A float64 CPU full-batch run starts on this instead of a standardized copy of the data:
-    a fresh copy costs a pass that writes new memory (page faults included: 40 ms for 1e6 x
-    16 here), where standardizing each cached slice again costs about 1.2 ms an epoch. The
+    A float64 CPU full batch that train() takes over the data (without a FullBatchLoss,
+    which needs no rows at all) starts on this instead of a standardized copy of the data: a
+    fresh copy costs a pass that writes new memory (page faults included: 40 ms for 1e6 x 16
+    here), where standardizing each cached slice again costs about 1.2 ms an epoch. The
     first epochs, all a well-conditioned fit needs, go without the copy; the loop makes it
     after MATERIALIZE_AFTER epochs, when the slices' standardizing has cost about half of it.
     """

@@ -352,9 +352,10 @@ def _source(
     world: World,
 ) -> Source:
     """Mini-batches of a memory-mapped file are streamed from disk (memory stays bounded); a
-    float64 CPU full batch of float64 data in memory is read in place, standardized slice by
-    slice (until the loop makes the copy, if the run is long: see StandardizingSource);
-    everything else is copied once to the device, standardized, in the training dtype."""
+    float64 CPU full batch of float64 data in memory gets the in-place reader (it costs
+    nothing to make, and the loop reads no rows at all: its epochs come from the factor, see
+    FullBatchLoss); everything else is copied once to the device, standardized, in the
+    training dtype."""
     if config.batch_size > 0 and memory_mapped(X):
         return StreamSource(X, y, scaling, device=device, dtype=dtype)
     target = target_tensor(y, device=device, dtype=dtype)
