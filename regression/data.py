@@ -237,7 +237,7 @@ class Moments:
     def column_stats(self, columns: int) -> ColumnStats:
         """Mean and population std of the first ``columns`` columns."""
         mean = self.mean[:columns]
-        std = np.sqrt(np.maximum(np.diag(self.gram)[:columns], 0.0) / max(self.samples, 1))
+        std = np.sqrt(np.maximum(self.gram.diagonal()[:columns], 0.0) / max(self.samples, 1))
         # a column whose spread is at rounding level of its values is constant
         std[std <= 1e-12 * np.maximum(np.abs(mean), 1e-300)] = 0.0
         return ColumnStats(mean=mean, std=std)

@@ -81,4 +81,5 @@ def target_tensor(y: np.ndarray, *, device: torch.device, dtype: torch.dtype) ->
     column = np.ascontiguousarray(y, dtype=np_dtype)
     if not column.flags.writeable:  # a memory-mapped file: torch wants memory it may write
         column = column.copy()
-    return torch.from_numpy(column).reshape(-1, 1).to(device)
+    tensor = torch.from_numpy(column).reshape(-1, 1)
+    return tensor if device.type == "cpu" else tensor.to(device)
