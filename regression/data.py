@@ -42,6 +42,14 @@ def chunks(array: np.ndarray, size: int | None = None) -> Iterator[tuple[int, np
         yield start, block
 
 
+def paired_chunks(X: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``chunks`` of X and of y, the same rows in each pair (chunk_rows of X: wide data has
+    fewer rows a chunk than y alone would)."""
+    size = chunk_rows(X.shape[1])
+    for (_, x_rows), (_, y_rows) in zip(chunks(X, size), chunks(y, size), strict=True):
+        yield x_rows, y_rows
+
+
 def float64_rows(array: np.ndarray, start: int, stop: int, slot: str) -> np.ndarray:
     """Rows [start, stop) of ``array`` as a C-contiguous float64 array that torch can take:
     a view where the array's rows already are that (so read them only), else a copy in this

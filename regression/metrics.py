@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Moments, chunk_rows, chunks, first_row, float64_rows, moments, release
+from .data import (
+    Moments,
+    chunk_rows,
+    chunks,
+    first_row,
+    float64_rows,
+    moments,
+    paired_chunks,
+    release,
+)
 from .distributed import SINGLE, World
 from .threads import scratch
 
@@ -170,7 +179,7 @@ def _tsqr(
     """The (D + 1) x (D + 1) triangular factor of [X - x_mean, y - y_mean], streamed."""
     d = X.shape[1]
     factor = np.zeros((0, d + 1))
-    for (_, x_rows), (_, y_rows) in zip(chunks(X), chunks(y), strict=True):
+    for x_rows, y_rows in paired_chunks(X, y):
         block = np.empty((len(x_rows), d + 1))
         block[:, :d] = x_rows - x_mean
         block[:, d] = y_rows - y_mean

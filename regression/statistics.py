@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import IntervalBasis
-from .data import chunks
+from .data import chunks, paired_chunks
 from .metrics import LeastSquares, matmul
 from .threads import scratch
 
@@ -324,10 +324,7 @@ def residual_run(X: np.ndarray, y: np.ndarray, ls: LeastSquares) -> ResidualRun:
     """One streamed pass over the rows of X and y, in order, chunk by chunk (X may be
     memory-mapped)."""
     return ResidualRun.concat(
-        [
-            chunk_residual_run(chunk, y_rows, ls)
-            for (_, chunk), (_, y_rows) in zip(chunks(X), chunks(y), strict=True)
-        ]
+        [chunk_residual_run(chunk, y_rows, ls) for chunk, y_rows in paired_chunks(X, y)]
     )
 
 

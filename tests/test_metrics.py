@@ -356,6 +356,22 @@ def test_the_tsqr_keeps_what_the_normal_equations_would_get_wrong(case: str) -> 
     assert ls.rss == pytest.approx(rss, rel=1e-8)
 
 
+def test_the_tsqr_of_wide_data_pairs_the_same_rows() -> None:
+    """A near-exact fit (so the TSQR) of data wide enough that a chunk of X has fewer rows
+    than a chunk of y alone would: each row of X must meet its own y."""
+    rng = np.random.default_rng(12)
+    n, d = 60_000, 20
+    assert regression.data.chunk_rows(d) < min(n, regression.data.chunk_rows(1))
+    X = rng.normal(size=(n, d))
+    y = X @ np.linspace(-1.0, 1.0, d) + 3.0 + 1e-7 * rng.normal(size=n)
+    ls = least_squares(X, y)
+    assert ls.method == "tsqr"
+    weight, bias, rss = lstsq_with_intercept(X, y)
+    np.testing.assert_allclose(ls.weight, weight, rtol=1e-9, atol=1e-12)
+    assert ls.bias == pytest.approx(bias, rel=1e-9)
+    assert ls.rss == pytest.approx(rss, rel=1e-6)
+
+
 def test_normal_equations_limits_are_what_the_docstring_says() -> None:
     X, y = _large(300_000, 3, seed=8)  # 1.2e6 values: at least NORMAL_EQUATIONS_MIN_VALUES
     sums = regression.data.moments(X, y)

@@ -324,6 +324,20 @@ def test_durbin_watson_streamed_in_chunks(chunk_rows: int, monkeypatch: pytest.M
     assert run.durbin_watson == pytest.approx(durbin_watson_of(ols_residuals(X, y)), rel=1e-9)
 
 
+def test_durbin_watson_of_wide_data_pairs_the_same_rows() -> None:
+    """Wide data has fewer rows a chunk than its target alone would (chunk_rows): the
+    streamed residuals must still pair each row of X with its own y."""
+    rng = np.random.default_rng(10)
+    n, d = 60_000, 20
+    assert regression.data.chunk_rows(d) < min(n, regression.data.chunk_rows(1))
+    X = rng.normal(size=(n, d))
+    y = X @ np.linspace(-1.0, 1.0, d) + np.cumsum(rng.normal(size=n)) * 0.01
+    ls = least_squares(X, y)
+    residual = y - ls.y_mean - (X - ls.x_mean) @ ls.weight
+    run = residual_run(X, y, ls)
+    assert run.durbin_watson == pytest.approx(durbin_watson_of(residual), rel=1e-9)
+
+
 def test_residual_runs_of_shards_join_in_order() -> None:
     rng = np.random.default_rng(9)
     X = rng.normal(size=(101, 2))

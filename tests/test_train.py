@@ -990,3 +990,14 @@ def test_float64_full_batch_epochs_read_no_data(
     result = run_training(config, data=data)
     assert len(result.history) == 10
     assert len(seen) == passes
+
+
+def test_a_wide_near_exact_fit_trains() -> None:
+    """20 features (a chunk of X has fewer rows than one of y alone) fitting exactly, so the
+    least squares go through the TSQR and the evaluation pairs streamed chunks of X and y."""
+    config = TrainConfig(samples=60_000, features=20, noise=0.0, dtype="float64", device="cpu")
+    assert regression.data.chunk_rows(20) < regression.data.chunk_rows(1)
+    result = run_training(config)
+    assert result.ols.method == "tsqr"
+    assert result.optimality_gap is None  # an exact fit
+    np.testing.assert_allclose(result.ols.weight, np.asarray(config.weights), atol=1e-10)
