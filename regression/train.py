@@ -336,7 +336,7 @@ class FullBatchLoss:
     computed (see metrics.least_squares and pipeline._full_batch_loss).
 
     float64 full-batch training on the CPU takes every epoch from it: the same steps as
-    epochs over the data (tested to 1e-12) without reading the data again. float32 training
+    epochs over the data (tested against them) without reading the data again. float32 training
     takes only its first epoch from it (from the zero start, where every residual is -y),
     and then computes its epochs in float32 on the data, the arithmetic it was asked for.
     """
