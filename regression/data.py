@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from .config import TrainConfig
 from .distributed import SINGLE, World
@@ -315,6 +314,8 @@ def _chunk_moments(X: np.ndarray, y: np.ndarray | None, start: int, stop: int) -
         shift[d] = target[0]
         np.subtract(target, shift[d], out=block[d])
         release(y, start, stop)
+    import torch  # here: predict and generate use this module without torch (1.5 s)
+
     centered = torch.from_numpy(block)  # torch: its operations let go of the GIL
     mean = centered.sum(dim=1, keepdim=True) / m
     centered -= mean

@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import torch
 
 from .errors import ConfigError
 
@@ -48,6 +47,8 @@ class World:
         array = np.array(values, dtype=np.float64)
         if not self.distributed:
             return array
+        import torch  # here, as in every collective: a world of one never needs torch
+
         tensor = torch.from_numpy(array.reshape(-1).copy())
         torch.distributed.all_reduce(tensor, group=self.cpu_group)
         return tensor.numpy().reshape(array.shape)
@@ -57,6 +58,8 @@ class World:
         array = np.ascontiguousarray(values, dtype=np.float64)
         if not self.distributed:
             return [array]
+        import torch
+
         parts = [torch.empty(array.shape, dtype=torch.float64) for _ in range(self.size)]
         torch.distributed.all_gather(parts, torch.from_numpy(array.copy()), group=self.cpu_group)
         return [part.numpy() for part in parts]
@@ -64,7 +67,11 @@ class World:
     def close(self) -> None:
         """Leave together: a rank that tears its connections down while another still uses
         them can bring that one down (gloo aborts)."""
-        if self.distributed and torch.distributed.is_initialized():
+        if not self.distributed:
+            return
+        import torch
+
+        if torch.distributed.is_initialized():
             try:
                 torch.distributed.barrier(group=self.cpu_group)
             finally:
@@ -84,6 +91,8 @@ def from_environment(device: str) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return SINGLE
+    import torch
+
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:

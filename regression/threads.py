@@ -9,6 +9,9 @@ it closes.
 The threads are started once per process and kept (idle, they cost nothing), and so is each
 thread's scratch buffer (``scratch``): starting threads and faulting in fresh memory for
 every pass would cost more than the pass itself on small data.
+
+torch is imported where it is used: ``linreg predict`` and ``generate`` read data through
+modules that use these buffers and threads, and never need torch (a 1.5 s import).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import numpy as np
-import torch
 
 _lock = threading.Lock()
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -37,6 +39,8 @@ class CorePool:
     where that is one."""
 
     def __init__(self, workers: int, threads: int) -> None:
+        import torch
+
         self.workers, self.threads = workers, threads
         self.executor = _shared_executor(workers)
         torch.set_num_threads(1)
@@ -47,11 +51,15 @@ class CorePool:
         fewer than MIN_PIECES (changing torch's thread count makes its next parallel
         operation start OpenMP's threads again, about 0.6 ms here: more than a few pieces
         gain)."""
+        import torch
+
         threads = torch.get_num_threads()
         workers = min(threads, pieces)
         return cls(workers, threads) if workers >= 2 and pieces >= MIN_PIECES else None
 
     def close(self) -> None:
+        import torch
+
         torch.set_num_threads(self.threads)
 
 
@@ -90,6 +98,8 @@ def scratch(size: int, dtype: np.dtype | type = np.float64, slot: str = "") -> n
 @contextlib.contextmanager
 def single_threaded(enabled: bool = True) -> Iterator[None]:
     """torch on one thread inside the block (if ``enabled``), its thread count put back after."""
+    import torch
+
     threads = torch.get_num_threads()
     if enabled and threads > 1:
         torch.set_num_threads(1)

@@ -919,3 +919,35 @@ def test_generate_refuses_other_formats(generated: dict[str, Any]) -> None:
     assert result.stdout == ""
     assert_one_error(result, "--out must end in .csv, .tsv, .npy, .npz", "data.parquet")
     assert not (generated["cwd"] / "data.parquet").exists()
+
+
+# -- predict and generate without torch ----------------------------------------------------------
+
+IMPORTS = """
+import sys
+from cli.app import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "matplotlib"}))
+"""
+
+
+def test_predict_and_generate_import_no_torch(fits: dict[str, Run], tmp_path: Path) -> None:
+    """They read and write data and models; torch would add its 1.5 s import to each call."""
+    model = fits["norris"].model_path
+    for args in (
+        ["predict", str(model), "--data", str(NORRIS), "--intervals", "--out", "p.csv"],
+        ["generate", "--samples", "100", "--out", "g.csv"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", IMPORTS, *args],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout)
+    assert (tmp_path / "p.csv").stat().st_size and (tmp_path / "g.csv").stat().st_size
