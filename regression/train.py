@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -74,12 +76,19 @@ class Checkpointer:
 # stay in the cache, so the data is read from memory about once per epoch, not several times.
 CPU_SLICE_BYTES = 4 << 20
 
+# float32 full batches in memory of at least this many bytes of X go through the fused epoch
+# (regression.fused): below it, loading Numba and its compiled loops (about 0.3 s a process)
+# would cost more than the epochs save
+FUSED_MIN_BYTES = 64 << 20
+
 # The loss: MSELoss's sum over rows (it holds no state, so one serves every run; built per run
 # it would be a few percent of a small run's time)
 SUMMED_MSE = torch.nn.MSELoss(reduction="sum")
 
 # On CUDA the loop reads the epoch losses (a wait for the device) every this many epochs
 CUDA_READ_EVERY = 16
+
+T = TypeVar("T")
 
 
 def train(
@@ -247,7 +256,7 @@ def train(
             elif full_batch:
                 _clear_grads(params)
                 if sums is not None:
-                    losses = sums.epoch(model, source, blocks)
+                    loss_sum = sums.epoch(model, source, blocks)
                 else:
                     losses = []
                     for k, (first, last) in enumerate(blocks):  # slices of one batch: gradients add
@@ -256,11 +265,12 @@ def train(
                             loss = loss_fn(net(X_rows), y_rows)
                             loss.backward()
                         losses.append(loss.detach())
+                    loss_sum = torch.stack(losses).sum(dtype=torch.float64)
                 # the sums of squares become the mean over the rows of every rank, once an epoch
                 with torch.no_grad():
                     for param in params:
                         param.grad.mul_(scale / total_n)  # type: ignore[union-attr]
-                epoch_loss = (torch.stack(losses) / total_n).sum(dtype=torch.float64)
+                epoch_loss = loss_sum / total_n
                 if world.distributed:
                     epoch_loss = torch.tensor(world.sum(epoch_loss.item()), dtype=torch.float64)
                 if not (exact and stopper.at_optimum(float(epoch_loss))):  # alike on every rank
@@ -366,55 +376,116 @@ class FullBatchLoss:
 
 
 class _Sums:
-    """A CPU full-batch epoch: the summed MSELoss of nn.Linear over every slice of the rows,
-    and its gradient, in closed form. For the residuals r = X @ weight.T + bias - y of a
-    slice, MSELoss(reduction="sum") is r . r and its gradient is 2 X.T r for the weight and
-    2 sum(r) for the bias: what autograd computes through nn.Linear and MSELoss, by
-    matrix-vector products (dot products for one feature) on the slice while it is in the
-    cache. Autograd's route costs more: addmm and mm are general matrix products, which for
-    one input column are degenerate (10x a pass each in MKL), and every slice builds and
-    walks a graph (about 35 us). Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md):
-    2.9 passes over X an epoch through autograd, 2.0-2.2 in closed form; 1e8 x 1: 17.9 ->
-    3.5-3.8.
+    """A CPU full-batch epoch: the summed MSELoss of nn.Linear over the rows and its gradient,
+    in closed form. For the residuals r = X @ weight.T + bias - y, MSELoss(reduction="sum") is
+    r . r and its gradient is 2 X.T r for the weight and 2 sum(r) for the bias: what autograd
+    computes through nn.Linear and MSELoss, without its graph and general matrix products.
 
-    The slices are shared by one thread per core (threads.CorePool): thread k takes slices
-    k, k + T, k + 2T, ..., so each core streams its own slices and rereads them from its own
-    cache; the threads' sums are then added in thread order, so the result does not depend
-    on timing: runs are deterministic for a given number of threads.
+    float32 data of at least FUSED_MIN_BYTES in memory (contiguous) goes through
+    ``regression.fused``: each row is read once and all three sums come from it, one
+    contiguous share of the rows per core. Elsewhere (float64, smaller data, data standardized
+    slice by slice, or no Numba) torch computes them slice by slice, by matrix-vector products
+    (dot products for one feature) on each cache-sized slice while it is in the cache, the
+    slices dealt to the cores in turn: thread k takes slices k, k + T, k + 2T, ...
+    Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md): 2.9 passes over X an epoch through
+    autograd, 2.0-3.2 by torch in closed form (the range is the VM's memory bandwidth), about
+    1.2-1.8 fused; 1e8 x 1: 17.9 -> 3.5-5.6 -> see RESULTS.md.
+
+    Either way each thread's sums are added in thread order, so the result does not depend on
+    timing: runs are deterministic for a given number of threads.
     """
 
-    def __init__(self, pool: CorePool | None) -> None:
+    def __init__(self, pool: CorePool | None, *, fused: bool = True) -> None:
         self.pool = pool
+        self.fused = fused
+        self._arrays: tuple[Source, tuple[np.ndarray, np.ndarray] | None] | None = None
 
     @classmethod
-    def start(cls, slices: int) -> _Sums:
-        return cls(CorePool.start(slices))
+    def start(cls, slices: int, *, fused: bool = True) -> _Sums:
+        return cls(CorePool.start(slices), fused=fused)
 
     def epoch(
         self, model: torch.nn.Linear, source: Source, blocks: list[tuple[int, int]]
-    ) -> list[torch.Tensor]:
-        """Sets the gradient of ``model``'s summed loss over every slice; returns the slices'
-        loss sums in slice order."""
+    ) -> torch.Tensor:
+        """Sets the gradient of ``model``'s summed loss over the rows of ``blocks``; returns
+        the summed loss, in float64."""
+        arrays = self._fused_arrays(source)
+        if arrays is not None:
+            return self._fused_epoch(model, *arrays)
         weight = model.weight.detach().reshape(-1)
         bias = model.bias.detach()
 
         def part(k: int, count: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
             return _slice_sums(source, blocks[k::count], weight, bias)
 
-        if self.pool is None:
-            parts = [part(0, 1)]
-        else:
-            count = self.pool.workers
-            parts = list(self.pool.executor.map(lambda k: part(k, count), range(count)))
+        parts = self._map(part)
         with torch.no_grad():
             model.weight.grad = _sum_in_order([g for _, g, _ in parts]).mul_(2).reshape(1, -1)
             model.bias.grad = _sum_in_order([g for _, _, g in parts]).mul_(2).reshape(1)
         count = len(parts)
-        return [parts[k % count][0][k // count] for k in range(len(blocks))]
+        losses = [parts[k % count][0][k // count] for k in range(len(blocks))]
+        return torch.stack(losses).sum(dtype=torch.float64)
+
+    def _map(self, part: Callable[[int, int], T]) -> list[T]:
+        """part(k, count) for k < count, one call per thread (count is the number of threads)."""
+        if self.pool is None:
+            return [part(0, 1)]
+        count = self.pool.workers
+        return list(self.pool.executor.map(lambda k: part(k, count), range(count)))
+
+    def _fused_arrays(self, source: Source) -> tuple[np.ndarray, np.ndarray] | None:
+        """The source's X and flat y as NumPy views, where the fused epoch takes them."""
+        if self._arrays is None or self._arrays[0] is not source:
+            arrays = None
+            if (
+                self.fused
+                and isinstance(source, TensorSource)
+                and source.device.type == "cpu"
+                and source.dtype == torch.float32
+                and source.X.numel() * 4 >= FUSED_MIN_BYTES
+                and source.X.is_contiguous()
+                and source.y.is_contiguous()
+                and not source.X.requires_grad
+                and _fused_module() is not None
+            ):
+                arrays = (source.X.numpy(), source.y.reshape(-1).numpy())
+            self._arrays = (source, arrays)
+        return self._arrays[1]
+
+    def _fused_epoch(self, model: torch.nn.Linear, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        fused = _fused_module()
+        assert fused is not None
+        weight = model.weight.detach().reshape(-1).numpy()
+        bias = float(model.bias.detach())
+        n, d = X.shape
+
+        def part(k: int, count: int) -> np.ndarray:
+            first, last = n * k // count, n * (k + 1) // count
+            sums: np.ndarray = fused.sums(X[first:last], y[first:last], weight, bias)
+            return sums
+
+        parts = self._map(part)
+        total = parts[0].copy()
+        for more in parts[1:]:
+            total += more
+        with torch.no_grad():
+            model.weight.grad = torch.from_numpy(total[:d] * 2).to(torch.float32).reshape(1, -1)
+            model.bias.grad = torch.tensor([total[d + 1] * 2], dtype=torch.float32)
+        return torch.tensor(total[d], dtype=torch.float64)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+@functools.cache
+def _fused_module() -> types.ModuleType | None:
+    """regression.fused, compiled (or loaded from Numba's cache); None without Numba."""
+    try:
+        from . import fused
+    except ImportError:  # Numba missing or broken here: torch computes the same sums
+        return None
+    return fused
 
 
 def _slice_sums(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -693,6 +695,50 @@ def test_threads_share_the_slices_only_with_more_than_one_thread() -> None:
 # -- the closed form against autograd through nn.Linear and MSELoss ------------------------
 
 
+def _closed_form_epoch(
+    X: torch.Tensor, y: torch.Tensor, model: torch.nn.Linear, threads: int, *, fused: bool
+) -> torch.Tensor:
+    """One _Sums epoch over X in slices of 700 rows on ``threads`` threads; sets the model's
+    gradient and returns the summed loss."""
+    source = TensorSource(X, y)
+    n = X.shape[0]
+    blocks = [(first, min(first + 700, n)) for first in range(0, n, 700)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sums = regression.train._Sums.start(len(blocks), fused=fused)
+        try:
+            return sums.epoch(model, source, blocks)
+        finally:
+            sums.close()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _epoch_problem(
+    rows: int, features: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear]:
+    generator = torch.Generator().manual_seed(features)
+    X = torch.randn(rows, features, generator=generator, dtype=dtype)
+    y = X.sum(dim=1, keepdim=True) * 2 + 3 + torch.randn(rows, 1, generator=generator, dtype=dtype)
+    model = torch.nn.Linear(features, 1, dtype=dtype)
+    with torch.no_grad():  # not at the optimum: every part of the gradient is large
+        model.weight.copy_(torch.linspace(-1, 1, features, dtype=dtype))
+        model.bias.fill_(0.5)
+    return X, y, model
+
+
+def _autograd_epoch(
+    X: torch.Tensor, y: torch.Tensor, model: torch.nn.Linear
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed MSELoss through nn.Linear and autograd, and its weight and bias gradients."""
+    expected = torch.nn.MSELoss(reduction="sum")(model(X), y)
+    expected.backward()
+    want_weight, want_bias = model.weight.grad.clone(), model.bias.grad.clone()  # type: ignore[union-attr]
+    model.weight.grad = model.bias.grad = None
+    return expected.detach(), want_weight, want_bias
+
+
 @pytest.mark.parametrize("features", [1, 2, 16])
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("threads", [1, 2])
@@ -701,39 +747,134 @@ def test_closed_form_epoch_is_autograds_gradient(
 ) -> None:
     """The slices' summed MSELoss and its gradient, as autograd computes them through
     nn.Linear and MSELoss(reduction="sum") on the whole batch, to the dtype's rounding."""
-    generator = torch.Generator().manual_seed(features)
-    X = torch.randn(3000, features, generator=generator, dtype=dtype)
-    y = X.sum(dim=1, keepdim=True) * 2 + 3 + torch.randn(3000, 1, generator=generator, dtype=dtype)
-    model = torch.nn.Linear(features, 1, dtype=dtype)
-    with torch.no_grad():  # not at the optimum: every part of the gradient is large
-        model.weight.copy_(torch.linspace(-1, 1, features, dtype=dtype))
-        model.bias.fill_(0.5)
-    expected = torch.nn.MSELoss(reduction="sum")(model(X), y)
-    expected.backward()
-    want_weight, want_bias = model.weight.grad.clone(), model.bias.grad.clone()  # type: ignore[union-attr]
-    model.weight.grad = model.bias.grad = None
-    source = TensorSource(X, y)
-    blocks = [(first, min(first + 700, 3000)) for first in range(0, 3000, 700)]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        sums = regression.train._Sums.start(len(blocks))
-        try:
-            losses = sums.epoch(model, source, blocks)
-        finally:
-            sums.close()
-    finally:
-        torch.set_num_threads(before)
+    X, y, model = _epoch_problem(3000, features, dtype)
+    expected, want_weight, want_bias = _autograd_epoch(X, y, model)
+    loss = _closed_form_epoch(X, y, model, threads, fused=False)
     assert model.weight.grad is not None and model.bias.grad is not None
     assert model.weight.grad.shape == model.weight.shape and model.bias.grad.shape == (1,)
     assert model.weight.grad.dtype == dtype
-    assert len(losses) == len(blocks)
-    for loss, (first, last) in zip(losses, blocks, strict=True):
-        want = torch.nn.MSELoss(reduction="sum")(model(X[first:last]), y[first:last])
-        torch.testing.assert_close(loss, want.detach(), rtol=rtol, atol=0)
-    torch.testing.assert_close(sum(losses), expected.detach(), rtol=rtol, atol=0)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected.double(), rtol=rtol, atol=0)
     torch.testing.assert_close(model.weight.grad, want_weight, rtol=rtol, atol=rtol * 10)
     torch.testing.assert_close(model.bias.grad, want_bias, rtol=rtol, atol=rtol * 10)
+
+
+@pytest.fixture
+def fused_from_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused epoch (regression.fused) for data of any size, not only large data."""
+    monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 0)
+
+
+@pytest.mark.usefixtures("fused_from_any_size")
+@pytest.mark.parametrize("features", [1, 2, 3, 16, 17])
+@pytest.mark.parametrize("rows", [1, 3, 5, 511, 2 * 512 + 7, 100_003])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_epoch_is_autograds_gradient_in_float64(
+    features: int, rows: int, threads: int
+) -> None:
+    """The fused float32 epoch's loss and gradient against autograd's on the same float32
+    values in float64 (the oracle), for widths on and off the four-row unrolling and the
+    vector width, and row counts on and off its blocks and fours. Tolerance: float32 sums of
+    up to 512 rows, added in float64: 1e-5 relative (torch's own float32 epoch is held to
+    2e-5 above); the gradient's atol covers components that nearly cancel."""
+    X, y, model = _epoch_problem(rows, features, torch.float32)
+    oracle = _epoch_problem(rows, features, torch.float64)[2]
+    expected, want_weight, want_bias = _autograd_epoch(X.double(), y.double(), oracle)
+    loss = _closed_form_epoch(X, y, model, threads, fused=True)
+    assert model.weight.grad is not None and model.bias.grad is not None
+    assert model.weight.grad.shape == model.weight.shape and model.bias.grad.shape == (1,)
+    assert model.weight.grad.dtype == torch.float32 and loss.dtype == torch.float64
+    scale = float(want_weight.abs().max()) + float(want_bias.abs())
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        model.weight.grad.double(), want_weight, rtol=1e-5, atol=1e-6 * scale
+    )
+    torch.testing.assert_close(model.bias.grad.double(), want_bias, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.usefixtures("fused_from_any_size")
+def test_fused_epochs_on_many_rows_keep_float32_rounding() -> None:
+    """On 1e6 rows the error does not grow with N: float32 sums of 512-row blocks, added in
+    float64. Tolerance: 1e-6 relative, about 16 float32 roundings (2^-24 each)."""
+    X, y, model = _epoch_problem(1_000_000, 4, torch.float32)
+    oracle = _epoch_problem(1_000_000, 4, torch.float64)[2]
+    expected, want_weight, want_bias = _autograd_epoch(X.double(), y.double(), oracle)
+    loss = _closed_form_epoch(X, y, model, 2, fused=True)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert model.weight.grad is not None and model.bias.grad is not None
+    torch.testing.assert_close(model.weight.grad.double(), want_weight, rtol=1e-6, atol=0)
+    torch.testing.assert_close(model.bias.grad.double(), want_bias, rtol=1e-6, atol=0)
+
+
+@pytest.mark.usefixtures("fused_from_any_size")
+@pytest.mark.parametrize("features", [1, 16])
+def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
+    features: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole float32 runs: the fused epochs follow torch's float32 epochs to float32 rounding
+    (1e-4 relative over 30 epochs), and the same run twice gives the same bits."""
+    X, y, _ = _epoch_problem(20_000, features, torch.float32)
+    config = TrainConfig(epochs=30, tol=0.0, momentum=0.5, device="cpu")
+    seen: list[bool] = []
+    fused_epoch = regression.train._Sums._fused_epoch
+
+    def spy(self: object, *args: object) -> object:
+        seen.append(True)
+        return fused_epoch(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(regression.train._Sums, "_fused_epoch", spy)
+    fused = train(X, y, config=config, lr=0.1)
+    assert len(seen) == 30  # every epoch went through the fused loops
+    again = train(X, y, config=config, lr=0.1)
+    assert fused.history == again.history
+    assert torch.equal(fused.model.weight, again.model.weight)
+    monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 1 << 62)
+    through_torch = train(X, y, config=config, lr=0.1)
+    assert len(seen) == 60
+    np.testing.assert_allclose(fused.history, through_torch.history, rtol=1e-4)
+    torch.testing.assert_close(fused.model.weight, through_torch.model.weight, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda X, y: (X.double(), y.double()), "float64"),
+        (lambda X, y: (X.t().contiguous().t(), y), "X not contiguous"),
+        (lambda X, y: (X, y), "below FUSED_MIN_BYTES"),
+    ],
+)
+def test_the_fused_epoch_takes_only_large_contiguous_float32_data(
+    make: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    X, y, _ = _epoch_problem(3000, 4, torch.float32)
+    X, y = make(X, y)
+    if why != "below FUSED_MIN_BYTES":
+        monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 0)
+    sums = regression.train._Sums(None)
+    assert sums._fused_arrays(TensorSource(X, y)) is None, why
+    monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 0)
+    assert sums._fused_arrays(TensorSource(*_epoch_problem(3000, 4, torch.float32)[:2])) is not None
+
+
+@pytest.mark.usefixtures("fused_from_any_size")
+def test_without_numba_torch_computes_the_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Numba cannot be imported, the same float32 run goes through torch's epochs."""
+    X, y, _ = _epoch_problem(5000, 3, torch.float32)
+    config = TrainConfig(epochs=10, tol=0.0, device="cpu")
+    fused = train(X, y, config=config, lr=0.1)
+    regression.train._fused_module.cache_clear()
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    monkeypatch.delitem(sys.modules, "regression.fused")
+    monkeypatch.delattr(regression, "fused")
+    try:
+        assert regression.train._fused_module() is None
+        assert regression.train._Sums(None)._fused_arrays(TensorSource(X, y)) is None
+        through_torch = train(X, y, config=config, lr=0.1)
+    finally:
+        regression.train._fused_module.cache_clear()
+    np.testing.assert_allclose(fused.history, through_torch.history, rtol=1e-5)
 
 
 @pytest.mark.parametrize("features", [1, 4])
@@ -928,7 +1069,7 @@ def test_the_factor_gives_the_full_batchs_loss_and_gradient(
             model.bias.fill_(3.0)
     n = len(y)
     blocks = [(first, min(first + 1000, n)) for first in range(0, n, 1000)]
-    expected = float(sum(regression.train._Sums(None).epoch(model, source, blocks))) / n
+    expected = float(regression.train._Sums(None).epoch(model, source, blocks)) / n
     want_weight, want_bias = model.weight.grad / n, model.bias.grad / n  # type: ignore[operator]
     assert loss.mean(model) == pytest.approx(expected, rel=1e-12)
     torch.testing.assert_close(model.weight.grad, want_weight, rtol=1e-9, atol=1e-12)
