@@ -270,7 +270,8 @@ def train(
                 with torch.no_grad():
                     for param in params:
                         param.grad.mul_(scale / total_n)  # type: ignore[union-attr]
-                epoch_loss = loss_sum / total_n
+                # the mean in the training dtype: float32 runs report float32 losses
+                epoch_loss = (loss_sum / total_n).to(source.dtype)
                 if world.distributed:
                     epoch_loss = torch.tensor(world.sum(epoch_loss.item()), dtype=torch.float64)
                 if not (exact and stopper.at_optimum(float(epoch_loss))):  # alike on every rank
