@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
@@ -16,6 +14,7 @@ from typing import NoReturn, TypeVar
 import numpy as np
 import torch
 
+from . import fused
 from .batches import Source, StandardizingSource, StreamSource, TensorSource
 from .config import TrainConfig
 from .distributed import SINGLE, World
@@ -76,10 +75,9 @@ class Checkpointer:
 # stay in the cache, so the data is read from memory about once per epoch, not several times.
 CPU_SLICE_BYTES = 4 << 20
 
-# float32 full batches in memory of at least this many bytes of X go through the fused epoch
-# (regression.fused): below it, loading Numba and its compiled loops (about 0.3 s a process)
-# would cost more than the epochs save
-FUSED_MIN_BYTES = 64 << 20
+# float32 full batches in memory go through the fused epoch (regression.fused) where it was
+# built; the tests turn it off to compare it with torch's
+FUSED = True
 
 # The loss: MSELoss's sum over rows (it holds no state, so one serves every run; built per run
 # it would be a few percent of a small run's time)
@@ -382,10 +380,10 @@ class _Sums:
     r . r and its gradient is 2 X.T r for the weight and 2 sum(r) for the bias: what autograd
     computes through nn.Linear and MSELoss, without its graph and general matrix products.
 
-    float32 data of at least FUSED_MIN_BYTES in memory (contiguous) goes through
-    ``regression.fused``: each row is read once and all three sums come from it, one
-    contiguous share of the rows per core. Elsewhere (float64, smaller data, data standardized
-    slice by slice, or no Numba) torch computes them slice by slice, by matrix-vector products
+    float32 data in memory (contiguous) goes through ``regression.fused``: each row is read
+    once and all three sums come from it, one contiguous share of the rows per core.
+    Elsewhere (float64 data read over, which is rare: see FullBatchLoss; or where the C loops
+    were not built) torch computes them slice by slice, by matrix-vector products
     (dot products for one feature) on each cache-sized slice while it is in the cache, the
     slices dealt to the cores in turn: thread k takes slices k, k + T, k + 2T, ...
     Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md): 2.9 passes over X an epoch through
@@ -443,19 +441,17 @@ class _Sums:
                 and isinstance(source, TensorSource)
                 and source.device.type == "cpu"
                 and source.dtype == torch.float32
-                and source.X.numel() * 4 >= FUSED_MIN_BYTES
+                and FUSED
                 and source.X.is_contiguous()
                 and source.y.is_contiguous()
                 and not source.X.requires_grad
-                and _fused_module() is not None
+                and fused.available()
             ):
                 arrays = (source.X.numpy(), source.y.reshape(-1).numpy())
             self._arrays = (source, arrays)
         return self._arrays[1]
 
     def _fused_epoch(self, model: torch.nn.Linear, X: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        fused = _fused_module()
-        assert fused is not None
         weight = model.weight.detach().reshape(-1).numpy()
         bias = float(model.bias.detach())
         n, d = X.shape
@@ -477,16 +473,6 @@ class _Sums:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
-
-
-@functools.cache
-def _fused_module() -> types.ModuleType | None:
-    """regression.fused, compiled (or loaded from Numba's cache); None without Numba."""
-    try:
-        from . import fused
-    except ImportError:  # Numba missing or broken here: torch computes the same sums
-        return None
-    return fused
 
 
 def _slice_sums(

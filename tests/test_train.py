@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +19,7 @@ import pytest
 import torch
 
 import regression.data
+import regression.fused
 import regression.metrics
 import regression.model
 import regression.pipeline
@@ -708,6 +713,7 @@ def _closed_form_epoch(
     try:
         sums = regression.train._Sums.start(len(blocks), fused=fused)
         try:
+            assert (sums._fused_arrays(source) is not None) == fused  # the path asked for
             return sums.epoch(model, source, blocks)
         finally:
             sums.close()
@@ -759,14 +765,7 @@ def test_closed_form_epoch_is_autograds_gradient(
     torch.testing.assert_close(model.bias.grad, want_bias, rtol=rtol, atol=rtol * 10)
 
 
-@pytest.fixture
-def fused_from_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused epoch (regression.fused) for data of any size, not only large data."""
-    monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 0)
-
-
-@pytest.mark.usefixtures("fused_from_any_size")
-@pytest.mark.parametrize("features", [1, 2, 3, 16, 17])
+@pytest.mark.parametrize("features", [1, 2, 3, 15, 16, 17, 32, 40])
 @pytest.mark.parametrize("rows", [1, 3, 5, 511, 2 * 512 + 7, 100_003])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_epoch_is_autograds_gradient_in_float64(
@@ -774,7 +773,8 @@ def test_fused_epoch_is_autograds_gradient_in_float64(
 ) -> None:
     """The fused float32 epoch's loss and gradient against autograd's on the same float32
     values in float64 (the oracle), for widths on and off the four-row unrolling and the
-    vector width, and row counts on and off its blocks and fours. Tolerance: float32 sums of
+    vector width (16 lanes; 16 and 32 have their own builds), and row counts on and off its
+    blocks and groups of 16 rows. Tolerance: float32 sums of
     up to 512 rows, added in float64: 1e-5 relative (torch's own float32 epoch is held to
     2e-5 above); the gradient's atol covers components that nearly cancel."""
     X, y, model = _epoch_problem(rows, features, torch.float32)
@@ -792,7 +792,6 @@ def test_fused_epoch_is_autograds_gradient_in_float64(
     torch.testing.assert_close(model.bias.grad.double(), want_bias, rtol=1e-5, atol=1e-6 * scale)
 
 
-@pytest.mark.usefixtures("fused_from_any_size")
 def test_fused_epochs_on_many_rows_keep_float32_rounding() -> None:
     """On 1e6 rows the error does not grow with N: float32 sums of 512-row blocks, added in
     float64. Tolerance: 1e-6 relative, about 16 float32 roundings (2^-24 each)."""
@@ -806,13 +805,13 @@ def test_fused_epochs_on_many_rows_keep_float32_rounding() -> None:
     torch.testing.assert_close(model.bias.grad.double(), want_bias, rtol=1e-6, atol=0)
 
 
-@pytest.mark.usefixtures("fused_from_any_size")
 @pytest.mark.parametrize("features", [1, 16])
 def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
     features: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whole float32 runs: the fused epochs follow torch's float32 epochs to float32 rounding
     (1e-4 relative over 30 epochs), and the same run twice gives the same bits."""
+    assert regression.fused.available()
     X, y, _ = _epoch_problem(20_000, features, torch.float32)
     config = TrainConfig(epochs=30, tol=0.0, momentum=0.5, device="cpu")
     seen: list[bool] = []
@@ -828,7 +827,7 @@ def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
     again = train(X, y, config=config, lr=0.1)
     assert fused.history == again.history
     assert torch.equal(fused.model.weight, again.model.weight)
-    monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 1 << 62)
+    monkeypatch.setattr(regression.train, "FUSED", False)
     through_torch = train(X, y, config=config, lr=0.1)
     assert len(seen) == 60
     np.testing.assert_allclose(fused.history, through_torch.history, rtol=1e-4)
@@ -840,41 +839,62 @@ def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
     [
         (lambda X, y: (X.double(), y.double()), "float64"),
         (lambda X, y: (X.t().contiguous().t(), y), "X not contiguous"),
-        (lambda X, y: (X, y), "below FUSED_MIN_BYTES"),
+        (lambda X, y: (X, torch.cat([y, y], dim=1)[:, :1]), "y not contiguous"),
     ],
 )
-def test_the_fused_epoch_takes_only_large_contiguous_float32_data(
-    make: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    why: str,
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_fused_epoch_takes_only_contiguous_float32_data(
+    make: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], why: str
 ) -> None:
     X, y, _ = _epoch_problem(3000, 4, torch.float32)
-    X, y = make(X, y)
-    if why != "below FUSED_MIN_BYTES":
-        monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 0)
     sums = regression.train._Sums(None)
-    assert sums._fused_arrays(TensorSource(X, y)) is None, why
-    monkeypatch.setattr(regression.train, "FUSED_MIN_BYTES", 0)
-    assert sums._fused_arrays(TensorSource(*_epoch_problem(3000, 4, torch.float32)[:2])) is not None
+    assert sums._fused_arrays(TensorSource(X, y)) is not None
+    assert sums._fused_arrays(TensorSource(*make(X, y))) is None, why
+    assert regression.train._Sums(None, fused=False)._fused_arrays(TensorSource(X, y)) is None
 
 
-@pytest.mark.usefixtures("fused_from_any_size")
-def test_without_numba_torch_computes_the_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where Numba cannot be imported, the same float32 run goes through torch's epochs."""
-    X, y, _ = _epoch_problem(5000, 3, torch.float32)
-    config = TrainConfig(epochs=10, tol=0.0, device="cpu")
-    fused = train(X, y, config=config, lr=0.1)
-    regression.train._fused_module.cache_clear()
-    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
-    monkeypatch.delitem(sys.modules, "regression.fused")
-    monkeypatch.delattr(regression, "fused")
-    try:
-        assert regression.train._fused_module() is None
-        assert regression.train._Sums(None)._fused_arrays(TensorSource(X, y)) is None
-        through_torch = train(X, y, config=config, lr=0.1)
-    finally:
-        regression.train._fused_module.cache_clear()
-    np.testing.assert_allclose(fused.history, through_torch.history, rtol=1e-5)
+def test_the_fused_loops_are_built() -> None:
+    """The install builds regression/_fused.c (optional: without a C compiler it is skipped
+    and torch does the sums, so this only fails where a compiler was there to build it)."""
+    if not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler here: the build is skipped")
+    assert regression.fused.available()
+
+
+def test_without_the_built_loops_torch_computes_the_epochs(tmp_path: Path) -> None:
+    """A copy of the package without the built extension (as where no compiler was found)
+    trains the same float32 run through torch's epochs."""
+    root = Path(__file__).parent.parent
+    for package in ("regression", "cli", "plots"):
+        shutil.copytree(
+            root / package,
+            tmp_path / package,
+            ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+        )
+    script = (
+        "import json, torch\n"
+        "import regression.fused\n"
+        "from regression.config import TrainConfig\n"
+        "from regression.train import train\n"
+        "g = torch.Generator().manual_seed(3)\n"
+        "X = torch.randn(5000, 3, generator=g)\n"
+        "y = X.sum(dim=1, keepdim=True) * 2 + 3 + torch.randn(5000, 1, generator=g)\n"
+        "r = train(X, y, config=TrainConfig(epochs=10, tol=0.0, device='cpu'), lr=0.1)\n"
+        "print(json.dumps([regression.fused.available(), r.history]))\n"
+    )
+    outputs = []
+    for where in (tmp_path, root):
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=where,
+            env={**os.environ, "PYTHONPATH": str(where)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outputs.append(json.loads(done.stdout))
+    (copy_built, copy_history), (built, history) = outputs
+    assert not copy_built and built
+    np.testing.assert_allclose(copy_history, history, rtol=1e-5)
 
 
 @pytest.mark.parametrize("features", [1, 4])
