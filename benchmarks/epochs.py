@@ -26,6 +26,8 @@ from harness import (
     verdict,
 )
 
+import regression.fused
+import regression.train
 from regression.config import TrainConfig
 from regression.pipeline import run_training
 from regression.train import Progress, train
@@ -83,19 +85,34 @@ def one_pass(X: torch.Tensor) -> Sample:
     return Sample(median([device_timed(X.sum, X.device).seconds for _ in range(3)]))
 
 
+def without_fused(call: Callable[[], Sample]) -> Callable[[], Sample]:
+    """``call`` with the C epoch loop turned off: torch computes the same sums."""
+
+    def run() -> Sample:
+        regression.train.FUSED = False
+        try:
+            return call()
+        finally:
+            regression.train.FUSED = True
+
+    return run
+
+
 def epoch_samples(X: torch.Tensor, y: torch.Tensor, reps: int) -> dict[str, list[Sample]]:
-    """X.sum(), train() for EPOCHS epochs and the tutorial loop for as many, side by side."""
+    """X.sum(), train() for EPOCHS epochs and the tutorial loop for as many, side by side;
+    on the CPU also train() with its epochs through torch instead of the C loop."""
     device = X.device
     config = TrainConfig(epochs=EPOCHS, tol=0.0, device=device.type)
     loop = tutorial_loop(X, y, EPOCHS)
-    return side_by_side(
-        {
-            "sum": lambda: one_pass(X),
-            "train": lambda: device_timed(lambda: train(X, y, config=config, lr=LR), device),
-            "loop": lambda: device_timed(loop, device),
-        },
-        reps,
-    )
+
+    def linreg() -> Sample:
+        return device_timed(lambda: train(X, y, config=config, lr=LR), device)
+
+    tasks = {"sum": lambda: one_pass(X), "train": linreg}
+    if device.type == "cpu":
+        tasks["torch"] = without_fused(linreg)
+    tasks["loop"] = lambda: device_timed(loop, device)
+    return side_by_side(tasks, reps)
 
 
 def epoch_rows(n: int, d: int, device: torch.device, reps: int, goal: Goal) -> list[Row]:
@@ -111,7 +128,7 @@ def epoch_rows(n: int, d: int, device: torch.device, reps: int, goal: Goal) -> l
     loop_s = median_seconds(samples["loop"]) / EPOCHS
     size = f"{shape(n, d)} float32"
     passes = f"`X.sum()`: {seconds_text(one_pass)}"
-    return [
+    rows = [
         ratio_row(
             f"epoch, {size}: linreg `train()`",
             f"{seconds_text(train_s)} / epoch",
@@ -120,6 +137,20 @@ def epoch_rows(n: int, d: int, device: torch.device, reps: int, goal: Goal) -> l
             goal,
             reps=reps_text(samples["train"], samples["sum"]),
         ),
+    ]
+    if "torch" in samples:
+        torch_s = median_seconds(samples["torch"]) / EPOCHS
+        rows.append(
+            ratio_row(
+                f"epoch, {size}: linreg `train()`, sums through torch (`FUSED = False`)",
+                f"{seconds_text(torch_s)} / epoch",
+                passes,
+                torch_s / one_pass,
+                reps=reps_text(samples["torch"], samples["sum"]),
+            )
+        )
+    return [
+        *rows,
         ratio_row(
             f"epoch, {size}: tutorial loop",
             f"{seconds_text(loop_s)} / epoch",
@@ -162,13 +193,15 @@ def epoch_cost(settings: Settings) -> Section:
         commands=epoch_commands("cpu"),
         notes=[
             "Figure: median time of one call divided by its epochs, over the median of X.sum(); "
-            "nothing is subtracted. The three measurements alternate.",
+            "nothing is subtracted. The four measurements alternate.",
+            "linreg's float32 CPU epoch is the C loop of regression/_fused.c "
+            f"(built here: {regression.fused.available()}), which reads each row once; the "
+            "row with `FUSED = False` is the same train() with the sums computed by torch in "
+            "4 MB slices (what runs where the loop was not built). For one feature the epoch "
+            "reads y as well as X, twice the bytes of X.sum().",
             "On the 2-core VM these figures were measured on, the memory bandwidth swings "
-            "between runs: X.sum() of 1e7 x 16 float32 took 15-16 ms in some runs and 8.6 ms in "
-            "others (the issue's reference machine: 18 ms), while linreg's epoch, bound by the "
-            "arithmetic of its matrix-vector products on cached slices, stayed at 27-31 ms. The "
-            "ratios were 1.95x (1e7 x 16) and 3.6x (1e8 x 1) in the slower state, 3.2x and 5.7x "
-            "in the faster one.",
+            "between runs: X.sum() of 1e7 x 16 float32 took 14-16 ms in some runs and 8.5 ms in "
+            "others (the issue's reference machine: 18 ms).",
         ],
     )
     for n, d in sizes:

@@ -387,8 +387,8 @@ class _Sums:
     (dot products for one feature) on each cache-sized slice while it is in the cache, the
     slices dealt to the cores in turn: thread k takes slices k, k + T, k + 2T, ...
     Measured on 1e7 x 16 float32 (benchmarks/RESULTS.md): 2.9 passes over X an epoch through
-    autograd, 2.0-3.2 by torch in closed form (the range is the VM's memory bandwidth), about
-    1.2-1.8 fused; 1e8 x 1: 17.9 -> 3.5-5.6 -> see RESULTS.md.
+    autograd, 1.6-3.2 by torch in closed form (the range is the VM's memory bandwidth), about
+    1.0-1.3 fused; 1e8 x 1: 17.9, 3.5-5.6, about 2 fused (y is as large as X there).
 
     Either way each thread's sums are added in thread order, so the result does not depend on
     timing: runs are deterministic for a given number of threads.
