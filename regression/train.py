@@ -440,7 +440,7 @@ class _Sums:
                 self.fused
                 and isinstance(source, TensorSource)
                 and source.device.type == "cpu"
-                and source.dtype == torch.float32
+                and source.dtype == source.y.dtype == torch.float32
                 and FUSED
                 and source.X.is_contiguous()
                 and source.y.is_contiguous()

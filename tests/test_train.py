@@ -840,6 +840,7 @@ def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
         (lambda X, y: (X.double(), y.double()), "float64"),
         (lambda X, y: (X.t().contiguous().t(), y), "X not contiguous"),
         (lambda X, y: (X, torch.cat([y, y], dim=1)[:, :1]), "y not contiguous"),
+        (lambda X, y: (X, y.double()), "y float64"),
     ],
 )
 def test_the_fused_epoch_takes_only_contiguous_float32_data(
