@@ -853,6 +853,23 @@ def test_the_fused_epoch_takes_only_contiguous_float32_data(
     assert regression.train._Sums(None, fused=False)._fused_arrays(TensorSource(X, y)) is None
 
 
+def test_a_diverging_fused_run_stops_with_the_error_torchs_epochs_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Overflow in the C loop (inf and nan residuals) is the same DivergedError, at the
+    same epoch, as through torch."""
+    X, y, _ = _epoch_problem(20_000, 16, torch.float32)
+    config = TrainConfig(epochs=500, tol=0.0, device="cpu")
+    messages = []
+    for flag in (True, False):
+        monkeypatch.setattr(regression.train, "FUSED", flag)
+        with pytest.raises(DivergedError) as error:
+            train(X, y, config=config, lr=50.0)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    assert "epoch" in messages[0]
+
+
 def test_the_fused_loops_are_built() -> None:
     """The install builds regression/_fused.c (optional: without a C compiler it is skipped
     and torch does the sums, so this only fails where a compiler was there to build it)."""
