@@ -1,8 +1,9 @@
 /* A CPU full-batch epoch of nn.Linear + MSELoss in one read of the rows: for the residuals
  * r = X w + b - y of float32 rows, out[0:d] += X'r, out[d] += r.r and out[d + 1] += sum(r),
- * in float64. regression/fused.py calls linreg_fused_sums through ctypes (which releases the
- * GIL, so one call runs on each core); this file is also a Python extension module only so
- * that setuptools builds it (setup.py), and it defines no Python functions.
+ * in float64, for 1 to MAX_FEATURES features. regression/fused.py calls linreg_fused_sums
+ * through ctypes (which releases the GIL, so one call runs on each core); this file is also
+ * a Python extension module only so that setuptools builds it (setup.py), and it defines no
+ * Python functions.
  *
  * The arithmetic is float32 in vectors of 16 lanes (GCC/Clang vector extensions: one AVX-512
  * register, two AVX2 or four SSE registers), summed over blocks of BLOCK rows, whose sums are
@@ -20,10 +21,15 @@
 
 #define BLOCK 512 /* rows summed in float32 before their sums go to float64 */
 #define LANES 16
+/* The widest rows taken (the per-call accumulators are on the stack: 12 bytes a feature);
+ * wider data goes through torch, whose matrix-vector products suit long rows. */
+#define MAX_FEATURES 4096
 /* Rows read ahead: the loops ask for the cache lines of the row AHEAD rows on (prefetch
  * instructions never fault, past the end included). Without it the two cores read
  * 1e7 x 16 float32 at about 0.7x the speed of torch's X.sum(); with it, at its speed. */
 #define AHEAD (8 * LANES)
+
+#define INLINE static inline __attribute__((always_inline)) /* into each build below */
 
 typedef float v16 __attribute__((vector_size(4 * LANES)));
 typedef int32_t i16 __attribute__((vector_size(4 * LANES)));
@@ -51,14 +57,14 @@ typedef int32_t i16 __attribute__((vector_size(4 * LANES)));
 #define EIGHTHS(a, b) (SHUFFLE(a, b, EIGHTHS_LO) + SHUFFLE(a, b, EIGHTHS_HI))
 #define SINGLES(a, b) (SHUFFLE(a, b, LANES_LO) + SHUFFLE(a, b, LANES_HI))
 
-static inline __attribute__((always_inline)) v16 load(const float *p)
+INLINE v16 load(const float *p)
 {
     v16 v;
     memcpy(&v, p, sizeof v); /* unaligned: rows of d floats start anywhere */
     return v;
 }
 
-static inline __attribute__((always_inline)) float lane_sum(v16 v)
+INLINE float lane_sum(v16 v)
 {
     float total = 0.0f;
     for (int k = 0; k < LANES; k++)
@@ -67,7 +73,7 @@ static inline __attribute__((always_inline)) float lane_sum(v16 v)
 }
 
 /* The 16 dot products of p[0..15] (each a row's products, lane-wise), in row order. */
-static inline __attribute__((always_inline)) v16 row_sums(const v16 p[LANES])
+INLINE v16 row_sums(const v16 p[LANES])
 {
     v16 q[8], s[4], t[2];
     for (int k = 0; k < 8; k++)
@@ -80,9 +86,38 @@ static inline __attribute__((always_inline)) v16 row_sums(const v16 p[LANES])
     return SHUFFLE(sums, sums, ROW_ORDER);
 }
 
+/* Asks for the cache lines of the group of 16 rows of d floats AHEAD rows after x. */
+INLINE void prefetch_group(const float *x, int64_t d)
+{
+    for (int64_t o = 0; o < LANES * d; o += LANES) /* a cache line each */
+        __builtin_prefetch(x + AHEAD * d + o);
+}
+
+/* Rows [from, m) of a block (those after its groups of 16), one at a time:
+ * acc[j] += r x[j], *loss += r^2 and *total += r. */
+INLINE void single_rows(const float *Xb, const float *yb, int64_t from, int64_t m, int64_t d,
+                        const float *w, float b, float *acc, float *loss, float *total)
+{
+    for (int64_t i = from; i < m; i++) {
+        const float *x = Xb + i * d;
+        float r = b - yb[i];
+        for (int64_t j = 0; j < d; j++)
+            r += x[j] * w[j];
+        *loss += r * r;
+        *total += r;
+        for (int64_t j = 0; j < d; j++)
+            acc[j] += r * x[j];
+    }
+}
+
+INLINE void finish(double *out, int64_t d, double loss, double total)
+{
+    out[d] += loss;
+    out[d + 1] += total;
+}
+
 /* One feature column: everything along the rows, 16 at a time. */
-static inline __attribute__((always_inline)) void column(const float *x, const float *y, int64_t n, float w, float b,
-                          double *out)
+INLINE void column(const float *x, const float *y, int64_t n, float w, float b, double *out)
 {
     double grad_total = 0.0, loss_total = 0.0, sum_total = 0.0;
     const v16 zero = {0};
@@ -117,30 +152,26 @@ static inline __attribute__((always_inline)) void column(const float *x, const f
 }
 
 /* Any width: the columns in chunks of 16 (vectors), the d % 16 left over one by one. */
-static inline __attribute__((always_inline)) void rows(const float *X, const float *y, int64_t n, int64_t d, const float *w,
-                        float b, double *out)
+INLINE void rows(const float *X, const float *y, int64_t n, int64_t d, const float *w, float b,
+                 double *out)
 {
-    const int64_t chunks = d / LANES, rest = d % LANES, tail = chunks * LANES;
+    const int64_t chunks = d / LANES, tail = chunks * LANES;
     const v16 zero = {0};
     v16 acc[chunks > 0 ? chunks : 1];
-    float acc_rest[rest > 0 ? rest : 1];
-    double grad[d];
-    for (int64_t j = 0; j < d; j++)
-        grad[j] = 0.0;
+    float acc_tail[d]; /* the columns after the chunks, and the rows after the groups */
     double loss_total = 0.0, sum_total = 0.0;
     for (int64_t first = 0; first < n; first += BLOCK) {
         int64_t m = n - first < BLOCK ? n - first : BLOCK;
         const float *Xb = X + first * d, *yb = y + first;
         for (int64_t c = 0; c < chunks; c++)
             acc[c] = zero;
-        for (int64_t j = 0; j < rest; j++)
-            acc_rest[j] = 0.0f;
+        for (int64_t j = 0; j < d; j++)
+            acc_tail[j] = 0.0f;
         v16 loss = zero, total = zero;
         int64_t i = 0;
         for (; i + LANES <= m; i += LANES) {
             const float *x = Xb + i * d;
-            for (int64_t o = 0; o < LANES * d; o += LANES) /* a cache line each */
-                __builtin_prefetch(x + AHEAD * d + o);
+            prefetch_group(x, d);
             v16 p[LANES];
             for (int k = 0; k < LANES; k++)
                 p[k] = zero;
@@ -150,11 +181,9 @@ static inline __attribute__((always_inline)) void rows(const float *X, const flo
                     p[k] += load(x + k * d + c * LANES) * wc;
             }
             v16 dots = row_sums(p);
-            for (int64_t j = 0; j < rest; j++) {
-                float wj = w[tail + j];
+            for (int64_t j = tail; j < d; j++)
                 for (int k = 0; k < LANES; k++)
-                    dots[k] += x[k * d + tail + j] * wj;
-            }
+                    dots[k] += x[k * d + j] * w[j];
             v16 r = dots + (b - load(yb + i));
             loss += r * r;
             total += r;
@@ -164,65 +193,47 @@ static inline __attribute__((always_inline)) void rows(const float *X, const flo
                     a += r[k] * load(x + k * d + c * LANES);
                 acc[c] = a;
             }
-            for (int64_t j = 0; j < rest; j++) {
+            for (int64_t j = tail; j < d; j++) {
                 float a = 0.0f;
                 for (int k = 0; k < LANES; k++)
-                    a += r[k] * x[k * d + tail + j];
-                acc_rest[j] += a;
+                    a += r[k] * x[k * d + j];
+                acc_tail[j] += a;
             }
         }
         float loss_tail = 0.0f, total_tail = 0.0f;
-        for (; i < m; i++) { /* the block's last m % 16 rows */
-            const float *x = Xb + i * d;
-            float r = b - yb[i];
-            for (int64_t j = 0; j < d; j++)
-                r += x[j] * w[j];
-            loss_tail += r * r;
-            total_tail += r;
-            for (int64_t c = 0; c < chunks; c++)
-                for (int k = 0; k < LANES; k++)
-                    acc[c][k] += r * x[c * LANES + k];
-            for (int64_t j = 0; j < rest; j++)
-                acc_rest[j] += r * x[tail + j];
-        }
+        single_rows(Xb, yb, i, m, d, w, b, acc_tail, &loss_tail, &total_tail);
         for (int64_t c = 0; c < chunks; c++)
             for (int k = 0; k < LANES; k++)
-                grad[c * LANES + k] += acc[c][k];
-        for (int64_t j = 0; j < rest; j++)
-            grad[tail + j] += acc_rest[j];
+                out[c * LANES + k] += acc[c][k];
+        for (int64_t j = 0; j < d; j++)
+            out[j] += acc_tail[j];
         loss_total += lane_sum(loss) + loss_tail;
         sum_total += lane_sum(total) + total_tail;
     }
-    for (int64_t j = 0; j < d; j++)
-        out[j] += grad[j];
-    out[d] += loss_total;
-    out[d + 1] += sum_total;
+    finish(out, d, loss_total, sum_total);
 }
 
 /* Narrow rows (2 to 15 features): 16 rows at a time, each feature's 16 values gathered into
  * a vector (the rows are then along the lanes, as in column()). */
-static inline __attribute__((always_inline)) void narrow(const float *X, const float *y,
-                                                         int64_t n, int64_t d, const float *w,
-                                                         float b, double *out)
+INLINE void narrow(const float *X, const float *y, int64_t n, int64_t d, const float *w, float b,
+                   double *out)
 {
     const v16 zero = {0};
     v16 acc[LANES - 1];
-    double grad[LANES - 1];
-    for (int64_t j = 0; j < d; j++)
-        grad[j] = 0.0;
+    float acc_tail[LANES - 1];
     double loss_total = 0.0, sum_total = 0.0;
     for (int64_t first = 0; first < n; first += BLOCK) {
         int64_t m = n - first < BLOCK ? n - first : BLOCK;
         const float *Xb = X + first * d, *yb = y + first;
-        for (int64_t j = 0; j < d; j++)
+        for (int64_t j = 0; j < d; j++) {
             acc[j] = zero;
+            acc_tail[j] = 0.0f;
+        }
         v16 loss = zero, total = zero;
-        float acc_tail[LANES - 1] = {0}, loss_tail = 0.0f, total_tail = 0.0f;
         int64_t i = 0;
         for (; i + LANES <= m; i += LANES) {
             const float *x = Xb + i * d;
-            for (int64_t o = 0; o < LANES * d; o += LANES)
-                __builtin_prefetch(x + AHEAD * d + o);
+            prefetch_group(x, d);
             v16 cols[LANES - 1];
             v16 r = b - load(yb + i);
             for (int64_t j = 0; j < d; j++) {
@@ -237,35 +248,26 @@ static inline __attribute__((always_inline)) void narrow(const float *X, const f
             for (int64_t j = 0; j < d; j++)
                 acc[j] += r * cols[j];
         }
-        for (; i < m; i++) {
-            const float *x = Xb + i * d;
-            float r = b - yb[i];
-            for (int64_t j = 0; j < d; j++)
-                r += x[j] * w[j];
-            loss_tail += r * r;
-            total_tail += r;
-            for (int64_t j = 0; j < d; j++)
-                acc_tail[j] += r * x[j];
-        }
+        float loss_tail = 0.0f, total_tail = 0.0f;
+        single_rows(Xb, yb, i, m, d, w, b, acc_tail, &loss_tail, &total_tail);
         for (int64_t j = 0; j < d; j++)
-            grad[j] += lane_sum(acc[j]) + acc_tail[j];
+            out[j] += lane_sum(acc[j]) + acc_tail[j];
         loss_total += lane_sum(loss) + loss_tail;
         sum_total += lane_sum(total) + total_tail;
     }
-    for (int64_t j = 0; j < d; j++)
-        out[j] += grad[j];
-    out[d] += loss_total;
-    out[d + 1] += sum_total;
+    finish(out, d, loss_total, sum_total);
 }
 
 /* One build per instruction set on x86-64 Linux, picked at load time by the CPU it runs on. */
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-void
+int
 linreg_fused_sums(const float *X, const float *y, int64_t n, int64_t d, const float *w,
                   float b, double *out)
 {
+    if (d < 1 || d > MAX_FEATURES)
+        return -1;
     if (d == 1)
         column(X, y, n, w[0], b, out);
     else if (d < LANES)
@@ -276,7 +278,10 @@ linreg_fused_sums(const float *X, const float *y, int64_t n, int64_t d, const fl
         rows(X, y, n, 2 * LANES, w, b, out);
     else
         rows(X, y, n, d, w, b, out);
+    return 0;
 }
+
+int linreg_fused_max_features(void) { return MAX_FEATURES; }
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fused", NULL, -1, NULL, NULL, NULL, NULL, NULL};

@@ -49,7 +49,7 @@ def _function() -> ctypes._NamedFuncPointer | None:
         ctypes.c_float,  # bias
         _POINTER,  # out: d + 2 float64, added to
     ]
-    function.restype = None
+    function.restype = ctypes.c_int  # 0, or -1 for a width it does not take
     return function
 
 
@@ -58,9 +58,15 @@ def available() -> bool:
     return _function() is not None
 
 
+# The widest rows the loops take (their accumulators live on the stack); _fused.c's
+# MAX_FEATURES, checked against it by the tests
+MAX_FEATURES = 4096
+
+
 def sums(X: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:
     """[X.T r, sum(r^2), sum(r)] in float64 for r = X @ weight + bias - y, where X is a
-    C-contiguous (n, d) float32 array and y, weight contiguous float32 vectors of n and d."""
+    C-contiguous (n, d) float32 array (1 <= d <= MAX_FEATURES) and y, weight contiguous
+    float32 vectors of n and d."""
     function = _function()
     if function is None:
         raise RuntimeError("the fused loops (regression/_fused.c) were not built")
@@ -72,9 +78,17 @@ def sums(X: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: float) -> np.nd
         and weight.flags.c_contiguous
         and y.shape == (n,)
         and weight.shape == (d,)
+        and 1 <= d <= MAX_FEATURES
     ):
-        raise ValueError("sums() takes C-contiguous float32 X (n, d), y (n,) and weight (d,)")
+        raise ValueError(
+            "sums() takes C-contiguous float32 X (n, d), y (n,) and weight (d,), "
+            f"1 <= d <= {MAX_FEATURES}"
+        )
     out = np.zeros(d + 2)
     if n:
-        function(X.ctypes.data, y.ctypes.data, n, d, weight.ctypes.data, bias, out.ctypes.data)
+        status = function(
+            X.ctypes.data, y.ctypes.data, n, d, weight.ctypes.data, bias, out.ctypes.data
+        )
+        if status:
+            raise ValueError(f"the fused loops do not take {d} features")
     return out

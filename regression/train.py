@@ -380,8 +380,9 @@ class _Sums:
     r . r and its gradient is 2 X.T r for the weight and 2 sum(r) for the bias: what autograd
     computes through nn.Linear and MSELoss, without its graph and general matrix products.
 
-    float32 data in memory (contiguous) goes through ``regression.fused``: each row is read
-    once and all three sums come from it, one contiguous share of the rows per core.
+    float32 data in memory (contiguous, at most fused.MAX_FEATURES wide) goes through
+    ``regression.fused``: each row is read once and all three sums come from it, one
+    contiguous share of the rows per core.
     Elsewhere (float64 data read over, which is rare: see FullBatchLoss; or where the C loops
     were not built) torch computes them slice by slice, by matrix-vector products
     (dot products for one feature) on each cache-sized slice while it is in the cache, the
@@ -442,6 +443,7 @@ class _Sums:
                 and source.device.type == "cpu"
                 and source.dtype == source.y.dtype == torch.float32
                 and FUSED
+                and source.d <= fused.MAX_FEATURES
                 and source.X.is_contiguous()
                 and source.y.is_contiguous()
                 and not source.X.requires_grad

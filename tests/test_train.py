@@ -841,6 +841,7 @@ def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
         (lambda X, y: (X.t().contiguous().t(), y), "X not contiguous"),
         (lambda X, y: (X, torch.cat([y, y], dim=1)[:, :1]), "y not contiguous"),
         (lambda X, y: (X, y.double()), "y float64"),
+        (lambda X, y: (X.repeat(1, 1025), y), "wider than fused.MAX_FEATURES"),
     ],
 )
 def test_the_fused_epoch_takes_only_contiguous_float32_data(
@@ -876,6 +877,29 @@ def test_the_fused_loops_are_built() -> None:
     if not any(shutil.which(name) for name in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler here: the build is skipped")
     assert regression.fused.available()
+
+
+def test_the_fused_loops_refuse_widths_they_do_not_take() -> None:
+    """Python's and C's MAX_FEATURES agree: the widest rows are taken, one more is refused
+    by the C loop itself, not only by the check before the call."""
+    if not regression.fused.available():
+        pytest.skip("the fused loops were not built here")
+    widest = regression.fused.MAX_FEATURES
+    X = np.ones((3, widest), dtype=np.float32)
+    sums = regression.fused.sums(X, np.zeros(3, np.float32), np.ones(widest, np.float32), 0.0)
+    assert sums[widest] == pytest.approx(3 * widest**2)
+    function = regression.fused._function()
+    assert function is not None
+    out = np.zeros(widest + 3)
+    wide = np.ones((3, widest + 1), dtype=np.float32)
+    weight = np.ones(widest + 1, np.float32)
+    y = np.zeros(3, np.float32)
+    status = function(
+        wide.ctypes.data, y.ctypes.data, 3, widest + 1, weight.ctypes.data, 0.0, out.ctypes.data
+    )
+    assert status == -1 and not out.any()
+    with pytest.raises(ValueError, match="4096"):
+        regression.fused.sums(wide, y, weight, 0.0)
 
 
 def test_without_the_built_loops_torch_computes_the_epochs(tmp_path: Path) -> None:
