@@ -395,14 +395,13 @@ class _Sums:
     timing: runs are deterministic for a given number of threads.
     """
 
-    def __init__(self, pool: CorePool | None, *, fused: bool = True) -> None:
+    def __init__(self, pool: CorePool | None) -> None:
         self.pool = pool
-        self.fused = fused
         self._arrays: tuple[Source, tuple[np.ndarray, np.ndarray] | None] | None = None
 
     @classmethod
-    def start(cls, slices: int, *, fused: bool = True) -> _Sums:
-        return cls(CorePool.start(slices), fused=fused)
+    def start(cls, slices: int) -> _Sums:
+        return cls(CorePool.start(slices))
 
     def epoch(
         self, model: torch.nn.Linear, source: Source, blocks: list[tuple[int, int]]
@@ -438,11 +437,10 @@ class _Sums:
         if self._arrays is None or self._arrays[0] is not source:
             arrays = None
             if (
-                self.fused
+                FUSED
                 and isinstance(source, TensorSource)
                 and source.device.type == "cpu"
                 and source.dtype == source.y.dtype == torch.float32
-                and FUSED
                 and source.d <= fused.MAX_FEATURES
                 and source.X.is_contiguous()
                 and source.y.is_contiguous()

@@ -710,14 +710,16 @@ def _closed_form_epoch(
     blocks = [(first, min(first + 700, n)) for first in range(0, n, 700)]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    regression.train.FUSED = fused
     try:
-        sums = regression.train._Sums.start(len(blocks), fused=fused)
+        sums = regression.train._Sums.start(len(blocks))
         try:
             assert (sums._fused_arrays(source) is not None) == fused  # the path asked for
             return sums.epoch(model, source, blocks)
         finally:
             sums.close()
     finally:
+        regression.train.FUSED = True
         torch.set_num_threads(before)
 
 
@@ -845,13 +847,16 @@ def test_a_fused_run_is_the_run_through_torch_and_is_deterministic(
     ],
 )
 def test_the_fused_epoch_takes_only_contiguous_float32_data(
-    make: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], why: str
+    make: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     X, y, _ = _epoch_problem(3000, 4, torch.float32)
     sums = regression.train._Sums(None)
     assert sums._fused_arrays(TensorSource(X, y)) is not None
     assert sums._fused_arrays(TensorSource(*make(X, y))) is None, why
-    assert regression.train._Sums(None, fused=False)._fused_arrays(TensorSource(X, y)) is None
+    monkeypatch.setattr(regression.train, "FUSED", False)
+    assert regression.train._Sums(None)._fused_arrays(TensorSource(X, y)) is None
 
 
 def test_a_diverging_fused_run_stops_with_the_error_torchs_epochs_give(
