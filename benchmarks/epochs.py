@@ -35,6 +35,8 @@ from regression.train import Progress, train
 EPOCHS = 5  # epochs per timed call; the figure is the call's time / EPOCHS
 LR = 0.1  # stable for the standard-normal features used here (the curvature is about 2)
 DEMO_EPOCHS = 2000  # epochs per timed demo-size run on the GPU
+# the widths section: 640 MB of float32 X each
+WIDTHS = [(80_000_000, 2), (40_000_000, 4), (20_000_000, 8), (16_000_000, 10), (4_000_000, 40)]
 
 
 def synchronize(device: torch.device) -> None:
@@ -207,6 +209,64 @@ def epoch_cost(settings: Settings) -> Section:
     for n, d in sizes:
         log(f"  {shape(n, d)}")
         section.rows += epoch_rows(n, d, cpu, settings.reps, goals[d])
+    return section
+
+
+def epoch_widths(settings: Settings) -> Section:
+    """The C epoch loop against torch's sums at other widths (information: no goal), as
+    multiples of one pass over X. Each array is 640 MB of X (64 MB with --quick)."""
+    cpu = torch.device("cpu")
+    scale = 10 if settings.quick else 1
+    sizes = [(n // scale, d) for n, d in WIDTHS]
+    section = Section(
+        key="widths",
+        title="Epoch cost at other widths (CPU)",
+        sizes=", ".join(shape(n, d) for n, d in sizes),
+        commands=[
+            *epoch_commands("cpu")[:2],
+            "the same with regression.train.FUSED = False (torch's sums in 4 MB slices)",
+            epoch_commands("cpu")[-1],
+        ],
+        notes=[
+            "Figure: median time of one call divided by its epochs, over the median of X.sum(); "
+            "the three measurements alternate. The epoch also reads y (one float a row), so "
+            "the fewer the features the more it reads beside X: 1.5x X's bytes for two.",
+        ],
+    )
+    config = TrainConfig(epochs=EPOCHS, tol=0.0, device="cpu")
+    for n, d in sizes:
+        log(f"  {shape(n, d)}")
+        X, y = make_data(n, d, cpu)
+
+        def linreg(X: torch.Tensor = X, y: torch.Tensor = y) -> Sample:
+            return device_timed(lambda: train(X, y, config=config, lr=LR), cpu)
+
+        samples = side_by_side(
+            {"sum": lambda X=X: one_pass(X), "train": linreg, "torch": without_fused(linreg)},
+            settings.reps,
+        )
+        del X, y, linreg
+        gc.collect()
+        passes = median_seconds(samples["sum"])
+        fused_s = median_seconds(samples["train"]) / EPOCHS
+        torch_s = median_seconds(samples["torch"]) / EPOCHS
+        size = f"{shape(n, d)} float32"
+        section.rows += [
+            ratio_row(
+                f"epoch, {size}: linreg `train()`",
+                f"{seconds_text(fused_s)} / epoch",
+                f"`X.sum()`: {seconds_text(passes)}",
+                fused_s / passes,
+                reps=reps_text(samples["train"], samples["sum"]),
+            ),
+            ratio_row(
+                f"epoch, {size}: linreg `train()`, sums through torch (`FUSED = False`)",
+                f"{seconds_text(torch_s)} / epoch",
+                f"`X.sum()`: {seconds_text(passes)}",
+                torch_s / passes,
+                reps=reps_text(samples["torch"], samples["sum"]),
+            ),
+        ]
     return section
 
 

@@ -279,8 +279,15 @@ class Section:
 
 
 def count(n: int) -> str:
-    """Row counts as written in the brief: 1e7, 2e7, 100000 -> 1e5."""
-    return f"{n:.0e}".replace("e+0", "e").replace("e+", "e")
+    """Row counts as written in the brief: 1e7, 2e7, 100000 -> 1e5; 16000000 -> 1.6e7; below
+    1000, and where two digits are not exact, the number itself."""
+    if n < 1000:
+        return str(n)
+    for digits in (0, 1):
+        text = f"{n:.{digits}e}"
+        if float(text) == n:
+            return text.replace("e+0", "e").replace("e+", "e")
+    return str(n)
 
 
 def shape(n: int, d: int) -> str:
