@@ -100,12 +100,13 @@ def without_fused(call: Callable[[], Sample]) -> Callable[[], Sample]:
     return run
 
 
-def epoch_samples(X: torch.Tensor, y: torch.Tensor, reps: int) -> dict[str, list[Sample]]:
-    """X.sum(), train() for EPOCHS epochs and the tutorial loop for as many, side by side;
-    on the CPU also train() with its epochs through torch instead of the C loop."""
+def epoch_samples(
+    X: torch.Tensor, y: torch.Tensor, reps: int, *, loop: bool = True
+) -> dict[str, list[Sample]]:
+    """X.sum(), train() for EPOCHS epochs and (``loop``) the tutorial loop for as many, side
+    by side; on the CPU also train() with its epochs through torch instead of the C loop."""
     device = X.device
     config = TrainConfig(epochs=EPOCHS, tol=0.0, device=device.type)
-    loop = tutorial_loop(X, y, EPOCHS)
 
     def linreg() -> Sample:
         return device_timed(lambda: train(X, y, config=config, lr=LR), device)
@@ -113,53 +114,62 @@ def epoch_samples(X: torch.Tensor, y: torch.Tensor, reps: int) -> dict[str, list
     tasks = {"sum": lambda: one_pass(X), "train": linreg}
     if device.type == "cpu":
         tasks["torch"] = without_fused(linreg)
-    tasks["loop"] = lambda: device_timed(loop, device)
+    if loop:
+        tutorial = tutorial_loop(X, y, EPOCHS)
+        tasks["loop"] = lambda: device_timed(tutorial, device)
     return side_by_side(tasks, reps)
 
 
-def epoch_rows(n: int, d: int, device: torch.device, reps: int, goal: Goal) -> list[Row]:
-    """Per-epoch time of train() and of the tutorial loop, against X.sum(), side by side."""
+def measured_samples(
+    n: int, d: int, device: torch.device, reps: int, *, loop: bool = True
+) -> dict[str, list[Sample]]:
+    """epoch_samples on fresh data of n x d, freed before returning."""
     X, y = make_data(n, d, device)
-    samples = epoch_samples(X, y, reps)
+    samples = epoch_samples(X, y, reps, loop=loop)
     del X, y  # about 1 GB: gone before the next size is made
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return samples
+
+
+def per_epoch(samples: dict[str, list[Sample]], key: str) -> float:
+    return median_seconds(samples[key]) / EPOCHS
+
+
+def pass_row(
+    samples: dict[str, list[Sample]], key: str, what: str, goal: Goal | None = None
+) -> Row:
+    """``what`` (the row's measurement) for samples[key], per epoch, over one X.sum()."""
     one_pass = median_seconds(samples["sum"])
-    train_s = median_seconds(samples["train"]) / EPOCHS
-    loop_s = median_seconds(samples["loop"]) / EPOCHS
-    size = f"{shape(n, d)} float32"
-    passes = f"`X.sum()`: {seconds_text(one_pass)}"
-    rows = [
-        ratio_row(
-            f"epoch, {size}: linreg `train()`",
-            f"{seconds_text(train_s)} / epoch",
-            passes,
-            train_s / one_pass,
-            goal,
-            reps=reps_text(samples["train"], samples["sum"]),
-        ),
-    ]
+    seconds = per_epoch(samples, key)
+    return ratio_row(
+        what,
+        f"{seconds_text(seconds)} / epoch",
+        f"`X.sum()`: {seconds_text(one_pass)}",
+        seconds / one_pass,
+        goal,
+        reps=reps_text(samples[key], samples["sum"]),
+    )
+
+
+def linreg_rows(samples: dict[str, list[Sample]], size: str, goal: Goal | None) -> list[Row]:
+    """train()'s epoch and, on the CPU, the same through torch's sums, over one X.sum()."""
+    rows = [pass_row(samples, "train", f"epoch, {size}: linreg `train()`", goal)]
     if "torch" in samples:
-        torch_s = median_seconds(samples["torch"]) / EPOCHS
-        rows.append(
-            ratio_row(
-                f"epoch, {size}: linreg `train()`, sums through torch (`FUSED = False`)",
-                f"{seconds_text(torch_s)} / epoch",
-                passes,
-                torch_s / one_pass,
-                reps=reps_text(samples["torch"], samples["sum"]),
-            )
-        )
+        what = f"epoch, {size}: linreg `train()`, sums through torch (`FUSED = False`)"
+        rows.append(pass_row(samples, "torch", what))
+    return rows
+
+
+def epoch_rows(n: int, d: int, device: torch.device, reps: int, goal: Goal) -> list[Row]:
+    """Per-epoch time of train() and of the tutorial loop, against X.sum(), side by side."""
+    samples = measured_samples(n, d, device, reps)
+    train_s, loop_s = per_epoch(samples, "train"), per_epoch(samples, "loop")
+    size = f"{shape(n, d)} float32"
     return [
-        *rows,
-        ratio_row(
-            f"epoch, {size}: tutorial loop",
-            f"{seconds_text(loop_s)} / epoch",
-            passes,
-            loop_s / one_pass,
-            reps=reps_text(samples["loop"], samples["sum"]),
-        ),
+        *linreg_rows(samples, size, goal),
+        pass_row(samples, "loop", f"epoch, {size}: tutorial loop"),
         ratio_row(
             f"epoch, {size}: linreg `train()` / tutorial loop",
             f"{seconds_text(train_s)} / epoch",
@@ -233,40 +243,10 @@ def epoch_widths(settings: Settings) -> Section:
             "the fewer the features the more it reads beside X: 1.5x X's bytes for two.",
         ],
     )
-    config = TrainConfig(epochs=EPOCHS, tol=0.0, device="cpu")
     for n, d in sizes:
         log(f"  {shape(n, d)}")
-        X, y = make_data(n, d, cpu)
-
-        def linreg(X: torch.Tensor = X, y: torch.Tensor = y) -> Sample:
-            return device_timed(lambda: train(X, y, config=config, lr=LR), cpu)
-
-        samples = side_by_side(
-            {"sum": lambda X=X: one_pass(X), "train": linreg, "torch": without_fused(linreg)},
-            settings.reps,
-        )
-        del X, y, linreg
-        gc.collect()
-        passes = median_seconds(samples["sum"])
-        fused_s = median_seconds(samples["train"]) / EPOCHS
-        torch_s = median_seconds(samples["torch"]) / EPOCHS
-        size = f"{shape(n, d)} float32"
-        section.rows += [
-            ratio_row(
-                f"epoch, {size}: linreg `train()`",
-                f"{seconds_text(fused_s)} / epoch",
-                f"`X.sum()`: {seconds_text(passes)}",
-                fused_s / passes,
-                reps=reps_text(samples["train"], samples["sum"]),
-            ),
-            ratio_row(
-                f"epoch, {size}: linreg `train()`, sums through torch (`FUSED = False`)",
-                f"{seconds_text(torch_s)} / epoch",
-                f"`X.sum()`: {seconds_text(passes)}",
-                torch_s / passes,
-                reps=reps_text(samples["torch"], samples["sum"]),
-            ),
-        ]
+        samples = measured_samples(n, d, cpu, settings.reps, loop=False)
+        section.rows += linreg_rows(samples, f"{shape(n, d)} float32", None)
     return section
 
 
