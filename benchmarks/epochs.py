@@ -26,6 +26,7 @@ from harness import (
     verdict,
 )
 
+import regression.epochs
 import regression.fused
 import regression.train
 from regression.config import TrainConfig
@@ -91,11 +92,11 @@ def without_fused(call: Callable[[], Sample]) -> Callable[[], Sample]:
     """``call`` with the C epoch loop turned off: torch computes the same sums."""
 
     def run() -> Sample:
-        regression.train.FUSED = False
+        regression.epochs.FUSED = False
         try:
             return call()
         finally:
-            regression.train.FUSED = True
+            regression.epochs.FUSED = True
 
     return run
 
@@ -234,7 +235,7 @@ def epoch_widths(settings: Settings) -> Section:
         sizes=", ".join(shape(n, d) for n, d in sizes),
         commands=[
             *epoch_commands("cpu")[:2],
-            "the same with regression.train.FUSED = False (torch's sums in 4 MB slices)",
+            "the same with regression.epochs.FUSED = False (torch's sums in 4 MB slices)",
             epoch_commands("cpu")[-1],
         ],
         notes=[

@@ -56,6 +56,10 @@ def save_checkpoint(path: Path, state: LoopState, identity: RunIdentity) -> None
         "previous_loss": repr(state.previous_loss),
         "stalled": str(state.stalled),
     }
+    if state.best is not None:  # the lowest loss so far, and its parameters
+        best_epoch, best_loss, best_weight, best_bias = state.best
+        tensors["best.weight"], tensors["best.bias"] = best_weight.numpy(), best_bias.numpy()
+        metadata["best_epoch"], metadata["best_loss"] = str(best_epoch), repr(best_loss)
     write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
@@ -89,11 +93,19 @@ def load_checkpoint(path: Path, identity: RunIdentity) -> LoopState:
     missing = [name for name in needed if name not in tensors]
     if missing or not {"epoch", "previous_loss", "stalled"} <= set(metadata):
         raise ModelFileError(f"{path}: incomplete checkpoint (missing {missing or 'metadata'})")
+    best_fields = ("best.weight" in tensors, "best.bias" in tensors, "best_epoch" in metadata)
+    if any(best_fields) and not all(best_fields):
+        raise ModelFileError(f"{path}: incomplete checkpoint (part of its best epoch)")
     try:
         epoch = int(metadata["epoch"])
         previous = float(metadata["previous_loss"])
         stalled = int(metadata["stalled"])
-    except ValueError as exc:
+        best_at = (
+            (int(metadata["best_epoch"]), float(metadata["best_loss"]))
+            if all(best_fields)
+            else None
+        )
+    except (ValueError, KeyError) as exc:
         raise ModelFileError(f"{path}: damaged checkpoint metadata ({exc})") from exc
     history = tuple(float(v) for v in tensors["history"])
     if len(history) != epoch:
@@ -105,6 +117,10 @@ def load_checkpoint(path: Path, identity: RunIdentity) -> LoopState:
 
     weight, bias, shuffle = tensor("linear.weight"), tensor("linear.bias"), tensor("shuffle_state")
     assert weight is not None and bias is not None and shuffle is not None
+    best_weight, best_bias = tensor("best.weight"), tensor("best.bias")
+    best = None
+    if best_at is not None and best_weight is not None and best_bias is not None:
+        best = (*best_at, best_weight, best_bias)
     return LoopState(
         epoch=epoch,
         weight=weight,
@@ -115,4 +131,5 @@ def load_checkpoint(path: Path, identity: RunIdentity) -> LoopState:
         val_history=tuple(float(v) for v in val) if val is not None else None,
         previous_loss=previous,
         stalled=stalled,
+        best=best,
     )
