@@ -21,6 +21,7 @@ from regression.errors import (
     ConfigError,
     DataError,
     ModelFileError,
+    NotConvergedError,
     OutputExistsError,
     RegressionError,
 )
@@ -183,13 +184,26 @@ def train(
             help="L2 penalty on the weights (>= 0), in training units.", rich_help_panel=TRAINING
         ),
     ] = DEFAULTS.weight_decay,
-    standardize: Annotated[
-        bool,
+    precondition: Annotated[
+        str,
         typer.Option(
-            help="Train on standardized features; coefficients are reported in data units.",
+            metavar="auto|none|standardize|whiten",
+            help="Training units: none (raw features), standardize ((x - mean) / std), whiten "
+            "(standardized and decorrelated: every conditioning trains in a few epochs), or "
+            "auto: whiten where the standardized condition number is above 30. Coefficients "
+            "are always reported in data units.",
             rich_help_panel=TRAINING,
         ),
-    ] = DEFAULTS.standardize,
+    ] = DEFAULTS.precondition,
+    standardize: Annotated[
+        bool | None,
+        typer.Option(
+            "--standardize/--no-standardize",
+            help="Aliases of --precondition standardize and --precondition none.",
+            rich_help_panel=TRAINING,
+            show_default=False,
+        ),
+    ] = None,
     tol: Annotated[
         float,
         typer.Option(
@@ -272,7 +286,19 @@ def train(
     quiet: Annotated[
         bool,
         typer.Option(
-            "--quiet", "-q", help="Print nothing unless there is an error.", rich_help_panel=OUTPUT
+            "--quiet",
+            "-q",
+            help="Print nothing unless there is an error or training did not converge.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    require_converged: Annotated[
+        bool,
+        typer.Option(
+            "--require-converged",
+            help="Exit 3 when training did not converge (the stopping rule unmet, or the "
+            "optimality gap above --tol); the run directory is still written.",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     print_config: Annotated[
@@ -349,6 +375,7 @@ def train(
         draw=not values["no_plot"],
         json_output=values["json_output"],
         quiet=values["quiet"],
+        require_converged=values["require_converged"],
         log_file=values["log_file"],
         summary=values["summary"],
         confidence=confidence,
@@ -480,13 +507,29 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
         batch_size=values["batch_size"],
         momentum=parse_momentum(values["momentum"]),
         weight_decay=values["weight_decay"],
-        standardize=values["standardize"],
+        precondition=_precondition(values, sources),
         tol=values["tol"],
         patience=values["patience"],
         device=values["device"],
         dtype=values["dtype"],
         checkpoint_every=values["checkpoint_every"],
     )
+
+
+def _precondition(values: dict[str, Any], sources: dict[str, str]) -> str:
+    """--precondition, or what its alias --standardize/--no-standardize says."""
+    precondition: str = values["precondition"]
+    if values["standardize"] is None:
+        return precondition
+    alias = "standardize" if values["standardize"] else "none"
+    if sources["precondition"] != "default" and precondition != alias:
+        flag = "--standardize" if values["standardize"] else "--no-standardize"
+        raise ConfigError(
+            "precondition",
+            f"contradicts {flag} (an alias of --precondition {alias}): give one of them",
+            precondition,
+        )
+    return alias
 
 
 def _resume_values(
@@ -521,6 +564,7 @@ EXIT_CODES: list[tuple[type[RegressionError], ExitCode]] = [
     (DataError, ExitCode.USAGE),
     (ModelFileError, ExitCode.USAGE),
     (OutputExistsError, ExitCode.USAGE),
+    (NotConvergedError, ExitCode.NOT_CONVERGED),
     (RegressionError, ExitCode.FAILURE),
 ]
 

@@ -9,5 +9,6 @@ class ExitCode(IntEnum):
     OK = 0  # success
     FAILURE = 1  # failed while running: diverged, device missing, outputs not writable
     USAGE = 2  # invalid usage or input: bad option value, bad data or model file
+    NOT_CONVERGED = 3  # --require-converged: the run was written but did not converge
     SIGINT = 130  # interrupted (Ctrl-C)
     SIGTERM = 143  # terminated (kill, a scheduler's time limit)

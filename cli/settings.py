@@ -52,7 +52,8 @@ SETTINGS = [
     Setting("batch_size", "batch_size", "int"),
     Setting("momentum", "momentum", "auto"),
     Setting("weight_decay", "weight_decay", "float"),
-    Setting("standardize", "standardize", "bool"),
+    Setting("precondition", "precondition", "str"),
+    Setting("standardize", "standardize", "bool"),  # alias: standardize or none
     Setting("tol", "tol", "float"),
     Setting("patience", "patience", "int"),
     Setting("device", "device", "str"),
@@ -64,6 +65,7 @@ SETTINGS = [
     Setting("no_plot", "no_plot", "bool"),
     Setting("json", "json_output", "bool"),
     Setting("quiet", "quiet", "bool"),
+    Setting("require_converged", "require_converged", "bool"),
     Setting("log_file", "log_file", "path"),
     Setting("summary", "summary", "bool"),
     Setting("confidence", "confidence", "float"),
@@ -71,7 +73,7 @@ SETTINGS = [
 ]
 BY_KEY = {setting.key: setting for setting in SETTINGS}
 # the options that decide the numbers (the rest decide where and how results are shown)
-TRAINING_KEYS = [s.key for s in SETTINGS[:20]]
+TRAINING_KEYS = [s.key for s in SETTINGS[:21]]
 
 
 def resolve(ctx: typer.Context, config_file: Path | None) -> tuple[dict[str, Any], dict[str, str]]:

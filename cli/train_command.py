@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from regression import artifacts
 from regression.config import TrainConfig, to_toml
-from regression.errors import ConfigError, OutputError, RegressionError, TrainingStopped
+from regression.errors import (
+    ConfigError,
+    NotConvergedError,
+    OutputError,
+    RegressionError,
+    TrainingStopped,
+)
 
 from . import output
 from .plot_worker import PlotWorker
@@ -30,6 +36,7 @@ def run_train(
     draw: bool,
     json_output: bool,
     quiet: bool,
+    require_converged: bool,
     log_file: Path | None,
     summary: bool,
     confidence: float,
@@ -59,6 +66,7 @@ def run_train(
             plotter=plotter,
             json_output=json_output,
             quiet=quiet,
+            require_converged=require_converged,
             log=log,
             summary=summary,
             confidence=confidence,
@@ -103,6 +111,7 @@ def _train_and_write(
     plotter: PlotWorker | None,
     json_output: bool,
     quiet: bool,
+    require_converged: bool,
     log: output.LogFile | None,
     summary: bool,
     confidence: float,
@@ -142,8 +151,15 @@ def _train_and_write(
     if plot is not None and plotter is not None:
         plotter.start(_figure(result), plot)  # drawn by the helper while the rest is written
     metrics = metrics_document(result)
-    if not quiet:
-        for warning in result.warnings:
+    precondition = result.precondition
+    assert precondition is not None
+    for warning in result.warnings:
+        # a run that did not converge is heard of even with -q (cron mails stderr); with
+        # --require-converged it is an error, said after the run directory is complete
+        if warning == result.not_converged:
+            if not require_converged:
+                output.warn(warning)
+        elif not quiet:
             output.warn(warning)
     artifacts.save_model(
         run_dir / artifacts.MODEL_FILE,
@@ -156,9 +172,11 @@ def _train_and_write(
             scaling_scale=result.scaling.scale,
             linear_weight=result.linear_weight,
             linear_bias=result.linear_bias,
-            standardize=config.standardize,
+            standardize=precondition.name != "none",
             dtype=config.dtype,
             intervals=interval_basis(result.ols, result.confidence),
+            precondition=precondition.name,
+            scaling_transform=result.scaling.transform,
         ),
     )
     artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history, result.val_history)
@@ -177,6 +195,8 @@ def _train_and_write(
         if summary:
             output.coefficient_table(metrics["statistics"])
     sys.stdout.flush()
+    if require_converged and result.not_converged is not None:
+        raise NotConvergedError(result.not_converged)  # exit 3, with everything written
 
 
 def _figure(result: RunResult) -> dict[str, Any]:

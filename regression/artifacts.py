@@ -219,6 +219,16 @@ class ModelFile:
     dtype: str
     version: str = __version__
     intervals: IntervalBasis | None = None  # None: undefined for the fit, or an older file
+    # none, standardize or whiten (None: as ``standardize`` says, as in files before it);
+    # whitened training units are ((x - mean) / scale) @ scaling_transform
+    precondition: str | None = None
+    scaling_transform: np.ndarray | None = None  # (D, D), with whiten only
+
+    @property
+    def preconditioner(self) -> str:
+        if self.precondition is not None:
+            return self.precondition
+        return "standardize" if self.standardize else "none"
 
     @property
     def features(self) -> int:
@@ -231,6 +241,7 @@ class ModelFile:
         return linear_predict(X, self.weight, self.bias)
 
 
+PRECONDITIONS = ("none", "standardize", "whiten")  # what a model file can record
 _TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", "linear.bias")
 # present together, or not at all (intervals undefined, or a file from before they existed)
 _INTERVAL_TENSORS = ("ols.r", "ols.x_mean", "ols.sigma")
@@ -253,11 +264,14 @@ def model_bytes(model: ModelFile) -> bytes:
         "linear.bias": np.array([model.linear_bias]),
     }
     names: tuple[str, ...] = _TENSORS
+    if model.scaling_transform is not None:
+        tensors["scaling.transform"] = model.scaling_transform
+        names = (*names, "scaling.transform")
     if model.intervals is not None:
         tensors["ols.r"] = model.intervals.r
         tensors["ols.x_mean"] = model.intervals.x_mean
         tensors["ols.sigma"] = np.array([model.intervals.sigma])
-        names = (*_TENSORS, *_INTERVAL_TENSORS)
+        names = (*names, *_INTERVAL_TENSORS)
     tensors = {name: np.ascontiguousarray(tensors[name], dtype="<f8") for name in names}
     metadata = {
         "format": MODEL_FORMAT,
@@ -267,6 +281,7 @@ def model_bytes(model: ModelFile) -> bytes:
         "feature_names": json.dumps(list(model.feature_names)),
         "target_name": model.target_name,
         "standardize": json.dumps(model.standardize),
+        "precondition": model.preconditioner,
         "dtype": model.dtype,
     }
     if model.intervals is not None:
@@ -383,7 +398,19 @@ def load_model(path: Path) -> ModelFile:
         if not np.all(np.isfinite(tensor)):
             raise ModelFileError(f"{path}: damaged model file (tensor {name!r} is not finite)")
     intervals = _interval_basis(path, tensors, metadata, features)
+    precondition = metadata.get("precondition", "standardize" if standardize else "none")
+    transform = tensors.get("scaling.transform")
+    if precondition not in PRECONDITIONS or (transform is not None) != (precondition == "whiten"):
+        raise ModelFileError(f"{path}: damaged model metadata (precondition {precondition!r})")
+    if transform is not None and (
+        transform.shape != (features, features)
+        or transform.dtype != np.float64
+        or not np.all(np.isfinite(transform))
+    ):
+        raise ModelFileError(f"{path}: damaged model file (tensor 'scaling.transform' wrong)")
     expected_names = set(_TENSORS) | (set(_INTERVAL_TENSORS) if intervals is not None else set())
+    if transform is not None:
+        expected_names.add("scaling.transform")
     if set(tensors) != expected_names or len(names) != features:
         raise ModelFileError(f"{path}: damaged model file (unexpected contents)")
     if "sha256" not in metadata:
@@ -403,6 +430,8 @@ def load_model(path: Path) -> ModelFile:
         dtype=dtype,
         version=metadata.get("linreg_version", "unknown"),
         intervals=intervals,
+        precondition=precondition,
+        scaling_transform=transform,
     )
 
 

@@ -46,9 +46,7 @@ class StreamSource:
         self.pin = device.type == "cuda"
 
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (np.asarray(self.X[start:stop], dtype=np.float64) - self.scaling.mean) / (
-            self.scaling.scale
-        )
+        x = self.scaling.apply(self.X[start:stop])
         y = np.array(self.y[start:stop], dtype=self.np_dtype).reshape(-1, 1)
         release(self.X, start, stop)  # the file's pages go back: memory stays at one block
         release(self.y, start, stop)
@@ -80,6 +78,7 @@ class StandardizingSource:
         self.data = X
         self.X, self.y, self.scaling = torch.from_numpy(X), y, scaling
         self.mean, self.scale = torch.from_numpy(scaling.mean), torch.from_numpy(scaling.scale)
+        self.transform = None if scaling.transform is None else torch.from_numpy(scaling.transform)
         self.n, self.d = int(X.shape[0]), int(X.shape[1])
         self.device, self.dtype = torch.device("cpu"), torch.float64
 
@@ -96,6 +95,8 @@ class StandardizingSource:
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         into = torch.from_numpy(scratch((stop - start) * self.d)).view(stop - start, self.d)
         torch.sub(self.X[start:stop], self.mean, out=into).div_(self.scale)
+        if self.transform is not None:  # whitened (a new tensor: rare, see pipeline._source)
+            return into @ self.transform, self.y[start:stop]
         return into, self.y[start:stop]
 
     def materialize(self) -> TensorSource:

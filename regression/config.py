@@ -13,6 +13,10 @@ from typing import Any
 from .errors import ConfigError
 
 DTYPES = ("float32", "float64")
+# none: the raw features; standardize: (x - mean) / std; whiten: standardized and then
+# decorrelated (see model.Scaling.whitened); auto: whiten where the standardized features are
+# badly conditioned (see pipeline.choose_precondition), standardize elsewhere
+PRECONDITIONERS = ("auto", "none", "standardize", "whiten")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 SYNTHETIC_FIELDS = ("samples", "features", "weight", "bias", "noise")
 
@@ -38,7 +42,8 @@ class TrainConfig:
     batch_size: int = 0  # rows per mini-batch, >= 0; 0 = the full data set
     momentum: float | None = None  # SGD momentum in [0, 1); None = "auto" (see train.py)
     weight_decay: float = 0.0  # L2 penalty on the weights (not the intercept), >= 0
-    standardize: bool = True  # train on standardized features
+    # the features' preconditioner: none, standardize, whiten, or auto (see PRECONDITIONERS)
+    precondition: str = "auto"
     tol: float = 1e-6  # stop when the loss improves by less than this (relative), >= 0
     patience: int = 5  # ... for this many epochs in a row, >= 1
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
@@ -78,6 +83,17 @@ class TrainConfig:
                 raise ConfigError(name, "must be a non-empty string", value)
         if self.lr is not None:
             _check_float(self, "lr", low=0.0, low_open=True)
+        if self.precondition not in PRECONDITIONERS:
+            raise ConfigError(
+                "precondition", f"must be one of {', '.join(PRECONDITIONERS)}", self.precondition
+            )
+        if self.precondition == "whiten" and self.weight_decay:
+            raise ConfigError(
+                "precondition",
+                "whiten cannot be used with --weight-decay (the penalty is on standardized "
+                "weights: use --precondition standardize or auto)",
+                self.precondition,
+            )
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
         if not DEVICE_PATTERN.fullmatch(self.device):

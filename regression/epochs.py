@@ -510,6 +510,12 @@ class FullBatchLoss:
         loss = (float(gap @ gap) + self.tail) / n + offset**2
         return loss if dtype == torch.float64 else torch.tensor(loss, dtype=dtype).item()
 
+    @property
+    def target_mean_square(self) -> float:
+        """E[y^2] over the rows."""
+        centered = float(self.target @ self.target) + self.tail
+        return centered / self.samples + self.target_mean**2
+
     def value(self, model: torch.nn.Linear) -> float:
         """The mean loss over the rows at ``model``'s parameters, in float64."""
         weight = model.weight.detach().to(torch.float64).cpu().numpy()[0]

@@ -37,6 +37,11 @@ class DivergedError(RegressionError):
     """The training loss became NaN or infinite."""
 
 
+class NotConvergedError(RegressionError):
+    """``--require-converged``: the run finished and wrote its results, but training did not
+    converge."""
+
+
 class DeviceUnavailableError(RegressionError):
     """The requested device does not exist on this machine."""
 

@@ -3,6 +3,7 @@ in the data's own units."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,19 +15,53 @@ from .threads import scratch
 
 @dataclass(frozen=True)
 class Scaling:
-    """The affine map from data units to training units: z = (x - mean) / scale."""
+    """The affine map from data units to training units: z = (x - mean) / scale, and with a
+    ``transform`` (whitening, see ``whitened``) u = z @ transform."""
 
     mean: np.ndarray
     scale: np.ndarray
+    transform: np.ndarray | None = None  # (D, D)
 
     @classmethod
     def identity(cls, features: int) -> Scaling:
         return cls(mean=np.zeros(features), scale=np.ones(features))
 
+    def whitened(self, factor: np.ndarray, samples: int) -> Scaling:
+        """These standardized coordinates decorrelated: ``factor`` is the triangular factor
+        of the centered data (Xc = Q @ factor), so the standardized rows have the factor
+        R = factor / scale, and with R = U S V' the inputs u = z @ T, T = sqrt(N) V S^-1,
+        have E[(u - mean u)(u - mean u)'] = I: the Hessian of the loss over them is 2 I (and
+        2 for the intercept). Directions the data does not span (S at rounding level of its
+        largest value: a constant or duplicated column) get a zero column of T, so their
+        inputs are 0 and their weights stay 0."""
+        _, singular, vt = np.linalg.svd(factor / self.scale)
+        kept = singular > singular[0] * WHITEN_RCOND if singular.size else singular > 0
+        inverse = np.divide(math.sqrt(samples), singular, out=np.zeros_like(singular), where=kept)
+        return Scaling(mean=self.mean, scale=self.scale, transform=vt.T * inverse)
+
+    def factor(self, factor: np.ndarray) -> np.ndarray:
+        """The triangular factor of the centered data (Xc = Q @ factor) in training units:
+        Uc = Q @ (the result)."""
+        scaled: np.ndarray = factor / self.scale
+        return scaled if self.transform is None else scaled @ self.transform
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (or one row) of data in training units, in float64."""
+        z: np.ndarray = (np.asarray(rows, dtype=np.float64) - self.mean) / self.scale
+        return z if self.transform is None else z @ self.transform
+
     def to_data_units(self, weight: np.ndarray, bias: float) -> tuple[np.ndarray, float]:
-        """Parameters fitted on z = (x - mean) / scale, as weight and bias acting on x."""
-        w = np.asarray(weight, dtype=np.float64) / self.scale
+        """Parameters fitted in training units, as weight and bias acting on x."""
+        w = np.asarray(weight, dtype=np.float64)
+        if self.transform is not None:
+            w = self.transform @ w
+        w = w / self.scale
         return w, float(bias) - float(w @ self.mean)
+
+
+# Singular values of the standardized factor below this share of the largest are treated as
+# directions the data does not span (whitening leaves them out)
+WHITEN_RCOND = 1e-13
 
 
 class ZeroLinear(torch.nn.Linear):
@@ -53,6 +88,7 @@ def to_training_tensor(
     n, d = X.shape
     out = torch.empty((n, d), dtype=dtype, device=device)
     mean, scale = torch.from_numpy(scaling.mean), torch.from_numpy(scaling.scale)
+    transform = None if scaling.transform is None else torch.from_numpy(scaling.transform)
     size = chunk_rows(d)
     for start in range(0, n, size):
         stop = min(start + size, n)
@@ -60,7 +96,11 @@ def to_training_tensor(
         if rows.dtype != np.float64 or not rows.flags.writeable or min(rows.strides) < 0:
             rows = np.array(rows, dtype=np.float64)  # what torch.from_numpy can take
         release(X, start, stop)
-        if out.dtype == torch.float64 and out.device.type == "cpu":
+        if transform is not None:  # whitened: standardized, then multiplied, in float64
+            standardized = torch.from_numpy(scratch(rows.size).reshape(rows.shape))
+            torch.sub(torch.from_numpy(rows), mean, out=standardized).div_(scale)
+            out[start:stop] = standardized @ transform
+        elif out.dtype == torch.float64 and out.device.type == "cpu":
             torch.sub(torch.from_numpy(rows), mean, out=out[start:stop]).div_(scale)
         else:  # standardized in float64 in this thread's scratch buffer, then cast
             standardized = torch.from_numpy(scratch(rows.size).reshape(rows.shape))

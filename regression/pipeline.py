@@ -54,7 +54,7 @@ from .statistics import (
     trained_distance,
 )
 from .threads import single_threaded
-from .train import Checkpointer, Curvature, FullBatchLoss, ProgressCallback, train
+from .train import Checkpointer, Curvature, FullBatchLoss, ProgressCallback, Trained, train
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,11 @@ class RunResult:
     data_sha256: str  # of the training rows (see data.fingerprint)
     val_samples: int  # held-out rows, of all ranks
     durbin_watson: float | None = None  # of the least-squares residuals, in row order
+    precondition: Precondition | None = None  # the training units, and why
+    best_epoch: int = 0  # the epoch whose parameters the model has (see train._keep_best)
+    strategy: str = ""  # how the epochs ran, and why (see epochs.choose_epochs)
+    # why training did not converge, and what to try (None when it did); also in warnings
+    not_converged: str | None = None
 
     def statistics(self) -> Statistics:
         """The least-squares inference (imports SciPy, so only computed when asked for), and
@@ -180,11 +185,8 @@ def _run(
         if std == 0
     ]
     ols = least_squares(X, y, world, sums=sums)
-    scaling = (
-        Scaling(mean=stats.mean, scale=stats.scale)
-        if config.standardize
-        else Scaling.identity(data.features)
-    )
+    precondition = choose_precondition(config, ols, Scaling(mean=stats.mean, scale=stats.scale))
+    scaling = precondition.scaling
     _check_representable(config, dtype)
     source = _source(X, y, scaling, config=config, device=device, dtype=dtype, world=world)
     lr, momentum = _auto_step(config, source, ols, scaling, world)
@@ -256,6 +258,20 @@ def _run(
     figure_rows = _figure_rows(data.samples)
     figure_inputs = to_training_tensor(gather(X, figure_rows), scaling, device=device, dtype=dtype)
     y_mean_square = ols.tss / ols.samples + ols.y_mean**2
+    # the optimum's mse by the same float64 arithmetic as the learned one, so that the gap
+    # compares like with like (and is not negative by rounding)
+    gap = optimality_gap(fit.mse, ls_fit.mse, y_mean_square)
+    history = trained.history
+    if history and history[-1] > history[0]:
+        warnings.append(
+            f"the training loss rose from {history[0]:.6g} (epoch 1) to {history[-1]:.6g} "
+            f"(epoch {len(history)}); the model has the parameters of epoch "
+            f"{trained.best_epoch}, the lowest loss recorded"
+        )
+    not_converged = _not_converged(config, trained, gap, precondition)
+    if not_converged is not None:
+        warnings.append(not_converged)
+    assert trained.strategy is not None
     return RunResult(
         config=config,
         data=data,
@@ -273,9 +289,7 @@ def _run(
         predicted=_predict(trained.model, figure_inputs),
         train=fit,
         val=val_fit,
-        # the optimum's mse by the same float64 arithmetic as the learned one, so that the
-        # gap compares like with like (and is not negative by rounding)
-        optimality_gap=optimality_gap(fit.mse, ls_fit.mse, y_mean_square),
+        optimality_gap=gap,
         confidence=confidence,
         history=trained.history,
         val_history=trained.val_history,
@@ -288,21 +302,116 @@ def _run(
         data_sha256=data_sha256,
         val_samples=int(world.sum(val_data.samples if val_data else 0)),
         durbin_watson=_durbin_watson(ResidualRun.concat(runs), world),
+        precondition=precondition,
+        best_epoch=trained.best_epoch,
+        strategy=f"{trained.strategy.kind.name}: {trained.strategy.reason}",
+        not_converged=not_converged,
     )
+
+
+def _not_converged(
+    config: TrainConfig, trained: Trained, gap: float | None, precondition: Precondition
+) -> str | None:
+    """Why the run did not converge, and what to try; None if it did: the stopping rule was
+    met and, where the optimum is known, the optimality gap is at most --tol."""
+    epochs = len(trained.history)
+    if trained.converged and (gap is None or gap <= config.tol):
+        return None
+    if trained.converged:
+        where = f"the loss settled after {epochs} epochs"
+    else:
+        where = f"the stopping rule was not met in {epochs} epochs"
+    if gap is not None:
+        where += f", optimality gap {gap:.3g}" + (
+            f" > --tol {config.tol:g}" if gap > config.tol else ""
+        )
+    tries = []
+    if precondition.name != "whiten" and precondition.condition > AUTO_WHITEN_CONDITION:
+        tries.append("--precondition whiten")
+    if not trained.converged and epochs == config.epochs:
+        tries.append("more --epochs")
+    if config.lr is not None:
+        tries.append("--lr auto")
+    if trained.strategy is not None and not trained.strategy.kind.full_batch:
+        tries.append("a larger --batch-size (0: the full batch)")
+    if config.dtype == "float32":
+        tries.append("--dtype float64")
+    if not tries:
+        tries.append("a larger --tol")
+    return f"training did not converge: {where}; try {', '.join(tries)}"
 
 
 def _full_batch_loss(ols: LeastSquares, scaling: Scaling) -> FullBatchLoss:
     """The training rows' loss as a function of the parameters (see FullBatchLoss), from
     the least-squares factor of the centered rows: with z = (x - m) / s the centered inputs
-    are (x - mean(x)) / s, whose factor is r with column j divided by s_j."""
+    are (x - mean(x)) / s, whose factor is r with column j divided by s_j (and, whitened,
+    that times the transform)."""
     return FullBatchLoss(
         samples=ols.samples,
-        factor=ols.r / scaling.scale,
+        factor=scaling.factor(ols.r),
         target=ols.qty,
         tail=ols.rss_tail,
-        input_mean=(ols.x_mean - scaling.mean) / scaling.scale,
+        input_mean=scaling.apply(ols.x_mean),
         target_mean=ols.y_mean,
     )
+
+
+# --precondition auto whitens where the standardized features' curvature has a condition
+# number above this: heavy-ball descent needs about sqrt(condition) epochs per digit, so
+# standardized descent takes a few epochs a digit up to here, and many more beyond
+AUTO_WHITEN_CONDITION = 30.0
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """The training units a run uses, and why."""
+
+    name: str  # none, standardize or whiten
+    scaling: Scaling
+    reason: str
+    condition: float  # of the loss's curvature over standardized features (see Curvature)
+
+
+def choose_precondition(
+    config: TrainConfig, ols: LeastSquares, standardized: Scaling
+) -> Precondition:
+    """The training units of ``config.precondition`` (``standardized``: the features'
+    standardization). ``auto`` whitens where standardized descent would be slow (the
+    condition number above AUTO_WHITEN_CONDITION) unless weight decay is asked for, which
+    penalizes the standardized weights."""
+    choice = config.precondition
+    condition = _curvature(ols, standardized, config.weight_decay).condition
+    if choice == "auto" and config.weight_decay:
+        reason = "auto: --weight-decay penalizes the standardized weights"
+        choice = "standardize"
+    elif choice == "auto":
+        above = condition > AUTO_WHITEN_CONDITION
+        reason = (
+            f"auto: the standardized features' condition number {condition:.3g} "
+            f"{'>' if above else '<='} {AUTO_WHITEN_CONDITION:g}"
+        )
+        choice = "whiten" if above else "standardize"
+    else:
+        reason = f"--precondition {choice}"
+    scaling = {
+        "none": lambda: Scaling.identity(standardized.mean.shape[0]),
+        "standardize": lambda: standardized,
+        "whiten": lambda: standardized.whitened(ols.r, ols.samples),
+    }[choice]()
+    return Precondition(choice, scaling, reason, condition)
+
+
+def _curvature(ols: LeastSquares, scaling: Scaling, weight_decay: float) -> Curvature:
+    """The curvature of the loss over the training inputs, from the least-squares factor
+    (Xc'Xc = R'R), without another pass over the data."""
+    n, scale = ols.samples, scaling.scale
+    shift = scaling.apply(ols.x_mean)  # mean of the training inputs
+    if scaling.transform is None:
+        centered = (ols.r.T @ ols.r) / (n * np.outer(scale, scale))
+    else:  # from the whitened factor, whose product is close to I (R'R would square cond)
+        factor = scaling.factor(ols.r)
+        centered = (factor.T @ factor) / n
+    return Curvature.of(centered + np.outer(shift, shift), shift, weight_decay)
 
 
 def _checkpoint_path(run_dir: Path | None) -> Path:
@@ -395,10 +504,8 @@ def _auto_step(
     The second moments of the training inputs come from the least-squares factor
     (Xc'Xc = R'R), without another pass over the data.
     """
-    n, scale = ols.samples, scaling.scale
-    shift = (ols.x_mean - scaling.mean) / scale  # mean of the training inputs
-    centered = (ols.r.T @ ols.r) / (n * np.outer(scale, scale))
-    curvature = Curvature.of(centered + np.outer(shift, shift), shift, config.weight_decay)
+    n = ols.samples
+    curvature = _curvature(ols, scaling, config.weight_decay)
     if config.lr is not None:
         return config.lr, config.momentum or 0.0
     if 0 < config.batch_size < n:

@@ -146,7 +146,12 @@ def train(
     # the strategy can skip a step
     exact = choice.kind.can_skip_step and source.dtype == torch.float64 and not config.weight_decay
     stopper = EarlyStopping(
-        tol=config.tol, patience=config.patience, optimum=optimum if exact else None
+        tol=config.tol,
+        patience=config.patience,
+        optimum=optimum if exact else None,
+        rounding=0.0
+        if full_batch_loss is None
+        else EarlyStopping.rounding_of(source.dtype, full_batch_loss.target_mean_square),
     )
     # Reading a loss waits for the device: on CUDA the losses are kept there and read every
     # ``read_every`` epochs (the stopping rule then acts up to that many epochs late). Where a
@@ -445,12 +450,25 @@ class EarlyStopping:
     once. No epoch can then improve the loss by more than ``tol``, and the parameters are
     within ``tol`` of the least-squares ones in the data's own metric (the gap is the
     squared distance ``(w - w*)' H (w - w*)`` over the optimal loss), so waiting ``patience``
-    epochs to see the loss settle would only repeat the optimum."""
+    epochs to see the loss settle would only repeat the optimum.
 
-    def __init__(self, *, tol: float, patience: int, optimum: float | None = None) -> None:
+    ``rounding``: a change within the loss's rounding in the training dtype also counts as
+    settled, ``rounding * sqrt(loss)`` (see ``rounding_of``): near the optimum of a float32
+    run the loss can step between two values further apart than ``tol`` for ever, or jump
+    about on an exact fit, where nothing better is left to find."""
+
+    def __init__(
+        self,
+        *,
+        tol: float,
+        patience: int,
+        optimum: float | None = None,
+        rounding: float = 0.0,
+    ) -> None:
         self.tol = tol
         self.patience = patience
         self.optimum = optimum if optimum is not None and optimum > 0 else None
+        self.rounding = rounding
         self.previous = math.inf
         self.stalled = 0
         self.converged = False
@@ -459,13 +477,22 @@ class EarlyStopping:
         """Record one epoch's loss; True when training should stop."""
         if self.tol == 0:
             return False
+        change = abs(loss - self.previous)
         settled = math.isfinite(self.previous) and (
-            abs(loss - self.previous) <= self.tol * abs(self.previous)
+            change <= self.tol * abs(self.previous)
+            or change <= self.rounding * math.sqrt(max(self.previous, 0.0))
         )
         self.stalled = self.stalled + 1 if settled else 0
         self.previous = loss
         self.converged = self.stalled >= self.patience or self.at_optimum(loss)
         return self.converged
+
+    @staticmethod
+    def rounding_of(dtype: torch.dtype, target_mean_square: float) -> float:
+        """The ``rounding`` of a mean squared error computed in ``dtype``: each residual
+        r = x @ w + b - y is off by about eps |y|, so the loss (the mean of r^2) by about
+        2 eps E[|r| |y|] <= 2 eps sqrt(loss) sqrt(E[y^2])."""
+        return 2.0 * torch.finfo(dtype).eps * math.sqrt(target_mean_square)
 
     def at_optimum(self, loss: float) -> bool:
         """Whether ``loss`` is within ``tol**2`` of the optimum: the loop then keeps the
