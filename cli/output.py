@@ -181,7 +181,7 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path, plot: Path | None) -> 
     if not metrics["converged"] and gap is not None and gap > 1e-3:
         lines.append(
             "note: training stopped before the loss settled; the least-squares column is the "
-            "optimum (more --epochs, --lr auto or --standardize get closer)"
+            "optimum (more --epochs, --lr auto or --precondition whiten get closer)"
         )
     lines.append(f"run directory: {run_dir}")
     if plot is not None and plot.parent != run_dir:
