@@ -9,6 +9,7 @@ for mini-batches. Accuracy, not time: every figure is deterministic.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,8 @@ from regression.pipeline import RunResult, choose_precondition, run_training
 from regression.statistics import condition_numbers
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+sys.path.insert(0, str(DATA.parent))  # the certified values live beside the fixtures
+from certified import LONGLEY_B, NORRIS_B, PONTIUS_B, WAMPLER1_B, WAMPLER2_B  # noqa: E402
 
 
 def polynomial(coefficients: list[float], x: np.ndarray, name: str, noise: float = 0.0) -> Dataset:
@@ -38,19 +41,11 @@ def polynomial(coefficients: list[float], x: np.ndarray, name: str, noise: float
 
 # NIST StRD certified coefficients, intercept first (Wampler1/2 fit exactly)
 CERTIFIED: dict[str, tuple[float, ...]] = {
-    "Norris": (-0.262323073774029, 1.00211681802045),
-    "Pontius": (0.673565789473684e-03, 0.732059160401003e-06, -0.316081871345029e-14),
-    "Longley": (
-        -3482258.63459582,
-        15.0618722713733,
-        -0.358191792925910e-01,
-        -2.02022980381683,
-        -1.03322686717359,
-        -0.511041056535807e-01,
-        1829.15146461355,
-    ),
-    "Wampler1": (1.0,) * 6,
-    "Wampler2": (1.0, 0.1, 0.01, 0.001, 1e-4, 1e-5),
+    "Norris": NORRIS_B,
+    "Pontius": PONTIUS_B,
+    "Longley": LONGLEY_B,
+    "Wampler1": WAMPLER1_B,
+    "Wampler2": WAMPLER2_B,
 }
 # Filip's model: a degree-10 polynomial on x in [-8.8, -3.1] (82 rows), our own coefficients
 # and seeded noise, so the standardized features' condition number is about 3e9

@@ -351,16 +351,26 @@ def train(
     confidence = values["confidence"]
     if not 0 < confidence < 1:
         raise ConfigError("confidence", "must be in (0, 1)", confidence)
+    if values["require_converged"] and config.tol == 0:
+        raise ConfigError(
+            "require_converged", "needs --tol > 0 (--tol 0 runs every epoch, never converges)", None
+        )
     if values["plot"] is not None and values["no_plot"]:
         raise ConfigError("plot", "cannot be combined with --no-plot", str(values["plot"]))
     if print_config:
         resolved = {**values, **config.to_dict()}  # TrainConfig's names are the parameters'
+        if values["standardize"] is not None:  # the alias, as resolved
+            resolved["standardize"] = config.precondition != "none"
         shown = [
             setting.key
             for setting in settings.SETTINGS
             if resolved.get(setting.param) is not None
             and setting.key != "debug"
-            and (setting.key in config.to_dict() or setting.key not in settings.TRAINING_KEYS)
+            and (
+                setting.key in config.to_dict()
+                or setting.key not in settings.TRAINING_KEYS
+                or setting.key == "standardize"
+            )
         ]
         print(settings.to_config_toml(resolved, shown), end="")
         return
@@ -516,20 +526,25 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
     )
 
 
+LAYERS = ("default", "config", "environment", "command line")  # lowest first
+
+
 def _precondition(values: dict[str, Any], sources: dict[str, str]) -> str:
-    """--precondition, or what its alias --standardize/--no-standardize says."""
+    """--precondition, or its alias --standardize/--no-standardize (standardize or none),
+    whichever comes from the higher layer; the two from the same layer must agree."""
     precondition: str = values["precondition"]
     if values["standardize"] is None:
         return precondition
     alias = "standardize" if values["standardize"] else "none"
-    if sources["precondition"] != "default" and precondition != alias:
+    given, aliased = LAYERS.index(sources["precondition"]), LAYERS.index(sources["standardize"])
+    if given == aliased and precondition != alias:
         flag = "--standardize" if values["standardize"] else "--no-standardize"
         raise ConfigError(
             "precondition",
             f"contradicts {flag} (an alias of --precondition {alias}): give one of them",
             precondition,
         )
-    return alias
+    return alias if aliased > given else precondition
 
 
 def _resume_values(

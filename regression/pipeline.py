@@ -313,8 +313,11 @@ def _not_converged(
     config: TrainConfig, trained: Trained, gap: float | None, precondition: Precondition
 ) -> str | None:
     """Why the run did not converge, and what to try; None if it did: the stopping rule was
-    met and, where the optimum is known, the optimality gap is at most --tol."""
+    met and, where the optimum is known, the optimality gap is at most --tol (``--tol 0``
+    runs every epoch and is not judged)."""
     epochs = len(trained.history)
+    if config.tol == 0:  # every epoch was asked for: no stopping rule to judge by
+        return None
     if trained.converged and (gap is None or gap <= config.tol):
         return None
     if trained.converged:

@@ -12,3 +12,8 @@ LONGLEY_B = (
     -0.511041056535807e-01,
     1829.15146461355,
 )
+PONTIUS_B = (0.673565789473684e-03, 0.732059160401003e-06, -0.316081871345029e-14)
+# Wampler1 and Wampler2 (x = 0..20, y a degree-5 polynomial): exact fits, so the certified
+# coefficients are the polynomial's
+WAMPLER1_B = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+WAMPLER2_B = (1.0, 0.1, 0.01, 0.001, 1e-4, 1e-5)

@@ -282,7 +282,7 @@ def test_demo_config_toml_is_the_resolved_options(demo: dict[str, Run], tmp_path
             "epochs": 1000,
             "lr": "auto",
             "batch_size": 0,
-            "standardize": True,
+            "precondition": "auto",
             "dtype": "float32",
         },
     )
@@ -551,10 +551,11 @@ def test_a_different_seed_gives_different_data_and_params(runs: dict[str, Any]) 
 def test_no_standardize_trains_on_raw_features(runs: dict[str, Any]) -> None:
     raw, scaled = runs["raw"].ok(), runs["base"].ok()
     assert raw.metrics["standardize"] is False and scaled.metrics["standardize"] is True
-    assert raw.config["standardize"] is False
+    assert raw.config["precondition"] == "none"  # --no-standardize is its alias
+    assert raw.metrics["precondition"] == "none" and scaled.metrics["precondition"] != "none"
     raw_meta, raw_tensors = raw.model
     scaled_meta, scaled_tensors = scaled.model
-    assert json.loads(raw_meta["standardize"]) is False
+    assert json.loads(raw_meta["standardize"]) is False and raw_meta["precondition"] == "none"
     assert json.loads(scaled_meta["standardize"]) is True
     assert raw_tensors["scaling.mean"].tolist() == [0.0, 0.0, 0.0]
     assert raw_tensors["scaling.scale"].tolist() == [1.0, 1.0, 1.0]
@@ -681,6 +682,8 @@ def test_every_train_option_is_covered_here(tmp_path: Path) -> None:
         "--val-fraction",
         # tested in test_unattended.py
         "--config", "--checkpoint-every", "--resume",
+        # tested in test_precondition.py
+        "--precondition", "--require-converged",
     }  # fmt: skip
     result = expect_exit(run_linreg("train", "--help", cwd=tmp_path), 0)
     listed = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", result.stdout)) - {"--help"}

@@ -162,7 +162,7 @@ def _from_dict(values: dict[str, Any]) -> TrainConfig:
     "config",
     [
         TrainConfig(),
-        TrainConfig(lr=0.05, dtype="float64", device="cuda:1", standardize=False),
+        TrainConfig(lr=0.05, dtype="float64", device="cuda:1", precondition="none"),
         TrainConfig(features=3, weight=(1.0, -2.0, 1e-300), bias=-0.0, tol=1e-06, noise=0.0),
         TrainConfig(lr=1e-300, bias=1.7976931348623157e308, momentum=0.9, weight_decay=1e16),
     ],
@@ -183,12 +183,12 @@ def test_toml_round_trip(config: TrainConfig) -> None:
     noise=st.floats(min_value=0, max_value=1e300),
     tol=st.floats(min_value=0, max_value=1e10),
     momentum=st.floats(min_value=0, max_value=1, exclude_max=True),
-    standardize=st.booleans(),
+    precondition=st.sampled_from(["auto", "none", "standardize", "whiten"]),
     dtype=st.sampled_from(["float32", "float64"]),
     device=st.sampled_from(["auto", "cpu", "cuda", "cuda:3", "mps"]),
 )
 def test_toml_round_trip_property(
-    features, data, lr, bias, noise, tol, momentum, standardize, dtype, device
+    features, data, lr, bias, noise, tol, momentum, precondition, dtype, device
 ) -> None:
     weight = data.draw(
         st.lists(
@@ -210,7 +210,7 @@ def test_toml_round_trip_property(
         noise=noise,
         tol=tol,
         momentum=momentum,
-        standardize=standardize,
+        precondition=precondition,
         dtype=dtype,
         device=device,
     )

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_no_standardize_still_reports_data_unit_params() -> None:
         samples=200,
         features=2,
         weight=(3.0, -1.0),
-        standardize=False,
+        precondition="none",
         dtype="float64",
         tol=0.0,
         epochs=3000,
@@ -134,7 +135,7 @@ def test_no_standardize_still_reports_data_unit_params() -> None:
 
 
 def test_no_standardize_float32_default_run_is_close() -> None:
-    result = run_training(cpu(standardize=False))
+    result = run_training(cpu(precondition="none"))
     assert 0 <= result.optimality_gap < 1e-4
     weight, bias, _ = lstsq(result.data.X, result.data.y)
     np.testing.assert_allclose(result.params.weight, weight, rtol=1e-3)
@@ -226,7 +227,7 @@ def test_mini_batch_order_follows_the_seed() -> None:
 
 
 def test_huge_lr_without_standardize_diverges_with_a_hint() -> None:
-    config = cpu(lr=1e6, standardize=False, epochs=500)
+    config = cpu(lr=1e6, precondition="none", epochs=500)
     with pytest.raises(DivergedError) as info:
         run_training(config)
     message = str(info.value)
@@ -389,8 +390,10 @@ def test_auto_momentum_reaches_the_optimum_on_ill_conditioned_data() -> None:
     X = np.hstack([base, base + 0.01 * rng.normal(size=(2000, 1))])
     y = X @ np.array([1.0, -1.0]) + 0.1 * rng.normal(size=2000)
     data = Dataset(X=X, y=y, feature_names=("a", "b"), target_name="y", source="memory")
-    auto = run_training(cpu(dtype="float64", epochs=3000, tol=0.0), data=data)
-    plain = run_training(cpu(dtype="float64", epochs=3000, tol=0.0, momentum=0.0), data=data)
+    # standardized, the heavy-ball case (auto whitens such data: see test_precondition.py)
+    config = cpu(dtype="float64", epochs=3000, tol=0.0, precondition="standardize")
+    auto = run_training(config, data=data)
+    plain = run_training(replace(config, momentum=0.0), data=data)
     assert auto.momentum > 0.5
     assert auto.optimality_gap is not None and auto.optimality_gap < 1e-9
     assert plain.optimality_gap is not None and plain.optimality_gap > 1e-3

@@ -138,10 +138,10 @@ OPTIONS = [
     Option("epochs", "epochs", 1000, 11, 13, number("--epochs"), str),  # int
     Option("batch_size", "batch-size", 0, 8, 16, number("--batch-size"), str),  # int, dashes
     Option("weight_decay", "weight-decay", 0.0, 0.25, 0.75, number("--weight-decay"), str),  # float
-    Option(  # a flag with both spellings
+    Option(  # a flag with both spellings (an alias of --precondition: unset by default)
         "standardize",
         "standardize",
-        True,
+        None,
         False,
         True,
         lambda on: ["--standardize" if on else "--no-standardize"],
