@@ -52,13 +52,14 @@ def run_train(
     if plot is not None:
         _check_plot_path(plot)
     log = _open_log(log_file) if log_file is not None else None
+    not_converged: str | None = None  # --require-converged: why the run does not count
     run = artifacts.prepare_run_dir(out, overwrite=overwrite, resume=resume)
     plotter = PlotWorker() if draw else None  # forked now, before torch is imported
     config_path = run.path / artifacts.CONFIG_FILE
     try:
         # first, so that an interrupted run can be resumed with the same options
         artifacts.write_text(config_path, to_toml(config.to_dict()))
-        _train_and_write(
+        not_converged = _train_and_write(
             config,
             run_dir=run.path,
             resume=resume,
@@ -86,7 +87,11 @@ def run_train(
             plotter.close()
         run.release()
         if log is not None:
+            if not_converged is not None:
+                log.write(f"error: {not_converged}")
             log.close()
+    if not_converged is not None:  # exit 3, once the run directory is complete
+        raise NotConvergedError(not_converged)
 
 
 def _train_other_rank(config: TrainConfig, *, run_dir: Path | None, resume: bool) -> None:
@@ -115,7 +120,7 @@ def _train_and_write(
     log: output.LogFile | None,
     summary: bool,
     confidence: float,
-) -> None:
+) -> str | None:
     from regression.distributed import from_environment
     from regression.pipeline import run_training
     from regression.report import metrics_document
@@ -195,8 +200,7 @@ def _train_and_write(
         if summary:
             output.coefficient_table(metrics["statistics"])
     sys.stdout.flush()
-    if require_converged and result.not_converged is not None:
-        raise NotConvergedError(result.not_converged)  # exit 3, with everything written
+    return result.not_converged if require_converged else None
 
 
 def _figure(result: RunResult) -> dict[str, Any]:
