@@ -44,7 +44,7 @@ from .metrics import (
     linear_fits,
     optimality_gap,
 )
-from .model import Scaling, target_tensor, to_training_tensor
+from .model import WHITEN_RCOND, Scaling, target_tensor, to_training_tensor
 from .statistics import (
     ResidualRun,
     Statistics,
@@ -372,7 +372,7 @@ class Precondition:
     name: str  # none, standardize or whiten
     scaling: Scaling
     reason: str
-    condition: float  # of the loss's curvature over standardized features (see Curvature)
+    condition: float  # of the Hessian over standardized features: _standardized_condition
 
 
 def choose_precondition(
@@ -383,7 +383,7 @@ def choose_precondition(
     condition number above AUTO_WHITEN_CONDITION) unless weight decay is asked for, which
     penalizes the standardized weights."""
     choice = config.precondition
-    condition = _curvature(ols, standardized, config.weight_decay).condition
+    condition = _standardized_condition(ols, standardized)
     if choice == "auto" and config.weight_decay:
         reason = "auto: --weight-decay penalizes the standardized weights"
         choice = "standardize"
@@ -402,6 +402,18 @@ def choose_precondition(
         "whiten": lambda: standardized.whitened(ols.r, ols.samples),
     }[choice]()
     return Precondition(choice, scaling, reason, condition)
+
+
+def _standardized_condition(ols: LeastSquares, standardized: Scaling) -> float:
+    """The condition number of the loss's Hessian over standardized inputs [z, 1]: z is
+    centered, so its eigenvalues are those of Cov(z), the squared singular values of the
+    standardized factor over N, and 1 (the intercept), times 2. From the singular values,
+    not from eigenvalues of R'R, which lose every digit beyond a condition of 1e16;
+    directions the data does not span are left out, as whitening leaves them out."""
+    singular = np.linalg.svd(ols.r / standardized.scale, compute_uv=False)
+    kept = singular[singular > singular[0] * WHITEN_RCOND] if singular.size else singular
+    eigenvalues = np.append(kept**2 / ols.samples, 1.0)
+    return float(eigenvalues.max() / eigenvalues.min())
 
 
 def _curvature(ols: LeastSquares, scaling: Scaling, weight_decay: float) -> Curvature:
