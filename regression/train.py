@@ -239,7 +239,7 @@ def train(
             if stopping:
                 _stop(mark or snapshot(epoch), history, val_history, checkpointer)
         margin = max(config.tol, KEEP_MARGIN_EPS * torch.finfo(source.dtype).eps)
-        best_epoch = _keep_best(epochs, gate, len(history), margin)
+        best_epoch = _keep_best(epochs, gate, history, margin)
     finally:
         epochs.close()
     return Trained(model, history, val_history, converged, lr, best_epoch, choice)
@@ -291,19 +291,25 @@ def _val_sum(
     return val_sum
 
 
-def _keep_best(epochs: Epochs, gate: Gate, last: int, margin: float) -> int:
+def _keep_best(epochs: Epochs, gate: Gate, history: list[float], margin: float) -> int:
     """Never a worse model than the run had: unless the last parameters' full-batch loss is
     within ``margin`` (relative) of the lowest recorded, the model gets the parameters of the
     lowest back. Returns the epoch whose parameters the model holds.
 
     A full-batch epoch's loss is that of the parameters it started from: when the last
-    epoch's is the lowest the run was still improving, and its last step is kept. Otherwise
-    the final parameters are measured once (without a step). A mini-batch epoch's
-    parameters are measured after it (from the factor, where known; without it the last
-    parameters are kept)."""
+    epoch's is the lowest, or within ``margin`` of it (a run at its rounding floor), the run
+    ended where it was best and its last step is kept. Otherwise the final parameters are
+    measured once (without a step). A mini-batch epoch's parameters are measured after it
+    (from the factor, where known; without it the last parameters are kept)."""
+    last = len(history)
     if gate.params is None or gate.epoch in (0, last):
         return last
-    final = epochs.loss_now() if epochs.full_batch else gate.last
+    if epochs.full_batch:
+        if history[-1] <= gate.loss * (1 + margin):
+            return last
+        final = epochs.loss_now()
+    else:
+        final = gate.last
     if final <= gate.loss * (1 + margin):
         return last
     with torch.no_grad():
