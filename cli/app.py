@@ -123,7 +123,8 @@ def train(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Train on a file: .csv, .tsv, .npy, .npz or .parquet [default: synthetic data].",
+            help="Train on a file: .csv, .tsv (also .gz, .bz2, .zst), .npy, .npz or .parquet; "
+            "- reads CSV from stdin [default: synthetic data].",
             show_default=False,
             rich_help_panel=DATA,
         ),
@@ -144,8 +145,72 @@ def train(
             rich_help_panel=DATA,
         ),
     ] = DEFAULTS.val_fraction,
+    features: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--features",
+            metavar="COLS",
+            help="With --data: the feature columns, names or 0-based indices, comma separated, "
+            "repeatable [default: all but the target]. Without --data: how many synthetic "
+            f"feature columns (>= 1) [default: {DEFAULTS.features}].",
+            show_default=False,
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="COLS",
+            help="Columns of --data to leave out (names or indices; comma separated, repeatable).",
+            show_default=False,
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    categorical: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="COLS",
+            help="Numeric-coded columns to treat as categorical, like a zip code (columns "
+            "holding text always are).",
+            show_default=False,
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    missing: Annotated[
+        str,
+        typer.Option(
+            help="Missing cells: error, drop (their rows), or mean (fill with the training "
+            "mean and add a 0/1 missing(COL) column). A missing target is dropped by both.",
+            rich_help_panel=DATA,
+        ),
+    ] = DEFAULTS.missing,
+    na_values: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LIST",
+            help="Comma-separated cells that are missing values, replacing the default "
+            "'',NA,N/A,NaN,nan,null,NULL (an empty item is the empty cell).",
+            show_default=False,
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    max_levels: Annotated[
+        int,
+        typer.Option(
+            help="Most levels a categorical column may have (an ID column is refused).",
+            rich_help_panel=DATA,
+        ),
+    ] = DEFAULTS.max_levels,
+    data_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or tsv, where the name of --data cannot tell (- for stdin: csv).",
+            show_default=False,
+            rich_help_panel=DATA,
+        ),
+    ] = None,
     samples: Samples = DEFAULTS.samples,
-    features: Features = DEFAULTS.features,
     weight: Weight = None,
     bias: Bias = DEFAULTS.bias,
     noise: Noise = DEFAULTS.noise,
@@ -489,25 +554,42 @@ def generate(
 
 
 def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfig:
-    """The TrainConfig of the resolved values; synthetic options with --data are refused."""
-    if values["data"] is not None:
-        for key in ("samples", "features", "weight", "bias", "noise"):
+    """The TrainConfig of the resolved values; synthetic options with --data, and the data
+    file's options without it, are refused."""
+    data = values["data"]
+    features = values["features"]
+    if data is not None:
+        for key in ("samples", "weight", "bias", "noise"):
             if sources[key] != "default":
                 raise ConfigError(
                     key, "describes synthetic data and cannot be used with --data", None
                 )
-    elif values["target"] is not None:
-        raise ConfigError(
-            "target", "needs --data (synthetic data has one target, y)", values["target"]
-        )
-    data = values["data"]
+        count = DEFAULTS.features
+        columns = (str(features),) if isinstance(features, int) else tuple(features or ())
+    else:
+        if values["target"] is not None:
+            raise ConfigError(
+                "target", "needs --data (synthetic data has one target, y)", values["target"]
+            )
+        count = _feature_count(features)
+        columns = ()
     weight = values["weight"]
+    na_values = values["na_values"]
+    if isinstance(na_values, str):  # from the command line: one comma-separated string
+        na_values = na_values.split(",")
     return TrainConfig(
-        data=str(Path(data).resolve()) if data is not None else None,
+        data=None if data is None else "-" if str(data) == "-" else str(Path(data).resolve()),
         target=values["target"],
+        feature_columns=columns,
+        exclude=tuple(values["exclude"] or ()),
+        categorical=tuple(values["categorical"] or ()),
+        missing=values["missing"],
+        na_values=DEFAULTS.na_values if na_values is None else tuple(na_values),
+        max_levels=values["max_levels"],
+        format=values["data_format"],
         val_fraction=values["val_fraction"],
         samples=values["samples"],
-        features=values["features"],
+        features=count,
         weight=tuple(weight) if weight else DEFAULTS.weight,
         bias=values["bias"],
         noise=values["noise"],
@@ -523,6 +605,25 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
         device=values["device"],
         dtype=values["dtype"],
         checkpoint_every=values["checkpoint_every"],
+    )
+
+
+def _feature_count(features: list[str] | int | None) -> int:
+    """--features without --data: the number of synthetic feature columns."""
+    if features is None:
+        return DEFAULTS.features
+    if isinstance(features, int):
+        return features
+    if len(features) == 1:
+        try:
+            return int(features[0])
+        except ValueError:
+            pass
+    raise ConfigError(
+        "features",
+        "without --data is the number of synthetic feature columns (an integer); "
+        "column names need --data",
+        ",".join(features),
     )
 
 

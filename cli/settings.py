@@ -26,7 +26,10 @@ FALSE = ("0", "false", "no", "off", "")
 class Setting:
     key: str  # the option's long name with underscores: the config key and env suffix
     param: str  # the parameter of the `train` function
-    kind: str  # int, float, bool, str, path, floats, or auto ('auto' or a number)
+    # int, float, bool, str, path, floats, auto ('auto' or a number), strs (names, repeatable:
+    # lists of strings), list (one comma-separated string, or a list), or columns (strs, or
+    # an int: --features)
+    kind: str
 
     @property
     def flag(self) -> str:
@@ -40,9 +43,15 @@ class Setting:
 SETTINGS = [
     Setting("data", "data", "path"),
     Setting("target", "target", "str"),
+    Setting("features", "features", "columns"),  # a count without --data
+    Setting("exclude", "exclude", "strs"),
+    Setting("categorical", "categorical", "strs"),
+    Setting("missing", "missing", "str"),
+    Setting("na_values", "na_values", "list"),
+    Setting("max_levels", "max_levels", "int"),
+    Setting("format", "data_format", "str"),
     Setting("val_fraction", "val_fraction", "float"),
     Setting("samples", "samples", "int"),
-    Setting("features", "features", "int"),
     Setting("weight", "weight", "floats"),
     Setting("bias", "bias", "float"),
     Setting("noise", "noise", "float"),
@@ -73,7 +82,7 @@ SETTINGS = [
 ]
 BY_KEY = {setting.key: setting for setting in SETTINGS}
 # the options that decide the numbers (the rest decide where and how results are shown)
-TRAINING_KEYS = [s.key for s in SETTINGS[:21]]
+TRAINING_KEYS = [s.key for s in SETTINGS[: [s.key for s in SETTINGS].index("out")]]
 
 
 def resolve(ctx: typer.Context, config_file: Path | None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -167,6 +176,14 @@ def _convert(setting: Setting, value: Any, *, strings: bool) -> Any:
         if not items or any(isinstance(v, bool) or not isinstance(v, int | float) for v in items):
             raise ValueError(f"must be a number or a list of numbers, got {value!r}")
         return [float(v) for v in items]
+    if kind in ("strs", "columns", "list"):
+        if kind == "columns" and not strings and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return value.split(",") if kind == "list" or strings else [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be a string or a list of strings, got {value!r}")
+        return value
     if kind == "auto":
         if isinstance(value, str):
             if value.strip().lower() != "auto":

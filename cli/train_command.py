@@ -182,6 +182,7 @@ def _train_and_write(
             intervals=interval_basis(result.ols, result.confidence),
             precondition=precondition.name,
             scaling_transform=result.scaling.transform,
+            encoding=None if result.data.encoding is None else result.data.encoding.to_json(),
         ),
     )
     artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history, result.val_history)

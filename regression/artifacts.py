@@ -223,6 +223,9 @@ class ModelFile:
     # whitened training units are ((x - mean) / scale) @ scaling_transform
     precondition: str | None = None
     scaling_transform: np.ndarray | None = None  # (D, D), with whiten only
+    # how the training table's columns became the features (tables.Encoding as JSON: the
+    # columns, categorical levels, fill values); None for a file's numbers as they are
+    encoding: str | None = None
 
     @property
     def preconditioner(self) -> str:
@@ -284,6 +287,8 @@ def model_bytes(model: ModelFile) -> bytes:
         "precondition": model.preconditioner,
         "dtype": model.dtype,
     }
+    if model.encoding is not None:
+        metadata["encoding"] = model.encoding
     if model.intervals is not None:
         metadata["ols_samples"] = str(model.intervals.samples)
         metadata["ols_df_resid"] = str(model.intervals.df_resid)
@@ -417,6 +422,16 @@ def load_model(path: Path) -> ModelFile:
         raise ModelFileError(f"{path}: damaged model file (no checksum)")
     if not all(isinstance(n, str) for n in names) or not isinstance(standardize, bool):
         raise ModelFileError(f"{path}: damaged model metadata")
+    encoding = metadata.get("encoding")
+    if encoding is not None:
+        from .tables import Encoding
+
+        try:
+            decoded = Encoding.from_json(encoding)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{path}: damaged model metadata (encoding: {exc})") from exc
+        if decoded.feature_names != names:
+            raise ModelFileError(f"{path}: damaged model metadata (encoding and feature names)")
     return ModelFile(
         weight=tensors["weight"],
         bias=float(tensors["bias"][0]),
@@ -432,6 +447,7 @@ def load_model(path: Path) -> ModelFile:
         intervals=intervals,
         precondition=precondition,
         scaling_transform=transform,
+        encoding=encoding,
     )
 
 

@@ -19,6 +19,14 @@ DTYPES = ("float32", "float64")
 PRECONDITIONERS = ("auto", "none", "standardize", "whiten")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 SYNTHETIC_FIELDS = ("samples", "features", "weight", "bias", "noise")
+# a data file's cells that are missing values, unless --na-values says otherwise ("" is an
+# empty cell); a NaN number is missing whatever the list
+NA_VALUES = ("", "NA", "N/A", "NaN", "nan", "null", "NULL")
+MISSING_POLICIES = ("error", "drop", "mean")  # --missing
+TEXT_FORMATS = ("csv", "tsv")  # --format
+MAX_LEVELS = 1000
+# the options that describe the columns and cells of a data file (need --data)
+TABLE_FIELDS = ("feature_columns", "exclude", "categorical", "missing", "na_values", "max_levels")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,15 @@ class TrainConfig:
     # data from a file (.csv, .tsv, .npy, .npz, .parquet); None = synthetic data
     data: str | None = None
     target: str | None = None  # target column: a name or 0-based index; None = the last
+    # the data file's feature columns (names or 0-based indices, in this order; "a,b" is two);
+    # () = every column but the target. The option is --features (a count without --data)
+    feature_columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # columns left out (names or indices)
+    categorical: tuple[str, ...] = ()  # numeric-coded columns to treat as categorical
+    missing: str = "error"  # missing cells: error, drop (the rows), mean (fill, + indicator)
+    na_values: tuple[str, ...] = NA_VALUES  # the cells that are missing values
+    max_levels: int = MAX_LEVELS  # most levels of a categorical column, >= 2
+    format: str | None = None  # csv or tsv, where the data's name cannot tell (stdin)
     val_fraction: float = 0.0  # share of rows held out for validation (seeded), in [0, 1)
     # synthetic data: y = X @ weight + bias + noise * N(0, 1), X ~ U[0, 1)
     samples: int = 100  # rows, >= 1
@@ -60,6 +77,21 @@ class TrainConfig:
         _check_int(self, "batch_size", 0)
         _check_int(self, "patience", 1)
         _check_int(self, "checkpoint_every", 0)
+        _check_int(self, "max_levels", 2)
+        for name in ("feature_columns", "exclude", "categorical", "na_values"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(name, "must be a list of strings", value)
+            object.__setattr__(self, name, tuple(value))
+        if self.missing not in MISSING_POLICIES:
+            raise ConfigError("missing", f"must be one of {', '.join(MISSING_POLICIES)}", self.missing)
+        if self.format is not None and self.format not in TEXT_FORMATS:
+            raise ConfigError("format", f"must be one of {', '.join(TEXT_FORMATS)}", self.format)
+        if self.data is None:
+            for name in (*TABLE_FIELDS, "format"):
+                if getattr(self, name) != getattr(DEFAULT_TABLE, name, None):
+                    option = "features" if name == "feature_columns" else name
+                    raise ConfigError(option, "needs --data (it describes a data file's columns)", None)
         weight = tuple(float(w) for w in self.weight)
         object.__setattr__(self, "weight", weight)
         if len(weight) not in (1, self.features):
@@ -110,10 +142,32 @@ class TrainConfig:
         values["weight"] = list(self.weight)
         values["lr"] = "auto" if self.lr is None else self.lr
         values["momentum"] = "auto" if self.momentum is None else self.momentum
+        columns = values.pop("feature_columns")
+        for name in ("exclude", "categorical", "na_values"):
+            values[name] = list(values[name])
         if self.data is not None:  # the synthetic options play no part in this run
             for name in SYNTHETIC_FIELDS:
                 del values[name]
+            values["features"] = list(columns)  # --features, as data columns
+        else:  # nor do the data file's
+            for name in (*TABLE_FIELDS, "format"):
+                values.pop(name, None)
         return values
+
+
+class _TableDefaults:
+    """The defaults of the table options, to tell whether one was given."""
+
+    feature_columns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    missing = "error"
+    na_values = NA_VALUES
+    max_levels = MAX_LEVELS
+    format = None
+
+
+DEFAULT_TABLE = _TableDefaults()
 
 
 def _check_int(config: TrainConfig, name: str, low: int) -> None:

@@ -8,6 +8,7 @@ import math
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from .config import TrainConfig
 from .distributed import SINGLE, World
 from .errors import DataError
 from .threads import CorePool, background, scratch
+
+if TYPE_CHECKING:
+    from .tables import Encoding
 
 CHUNK_ROWS = 1 << 16  # rows handled at a time by the streaming passes ...
 CHUNK_BYTES = 8 << 20  # ... and at most this many bytes of float64 (wide data: fewer rows)
@@ -81,7 +85,7 @@ def release(array: np.ndarray, start: int, stop: int) -> None:
     (madvise MADV_DONTNEED: a later read loads them again from the page cache)."""
     base: np.ndarray | None = array
     while base is not None and getattr(base, "_mmap", None) is None:
-        base = base.base
+        base = getattr(base, "base", None)  # None too past an array owned by another library
     advise = getattr(mmap, "MADV_DONTNEED", None)
     if base is None or advise is None or stop <= start or array.strides[0] <= 0:
         return
@@ -105,6 +109,9 @@ class Dataset:
     target_name: str
     source: str  # "synthetic" or the file's path
     sharded: bool = False  # holds only this rank's rows already (under torchrun)
+    # how the columns of a table became the features (None: the file's numbers as they are)
+    encoding: Encoding | None = None
+    dropped: int = 0  # rows dropped for missing values (--missing drop, or a missing target)
 
     @property
     def samples(self) -> int:

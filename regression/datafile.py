@@ -8,18 +8,36 @@ feature matrix and the target column.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .config import TrainConfig
 from .data import CHUNK_ROWS, Dataset, chunks
 from .distributed import SINGLE, World
 from .errors import DataError
+from .tables import (
+    STDIN,
+    Batch,
+    Encoding,
+    Header,
+    TableOptions,
+    encode_columns,
+    merge_profiles,
+    numeric_batch,
+    open_text,
+    read_text_table,
+    text_format,
+)
 
 FORMATS = (".csv", ".tsv", ".npy", ".npz", ".parquet")
+BINARY_FORMATS = (".npy", ".npz", ".parquet")
+TEXT_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv.bz2", ".tsv.bz2", ".csv.zst", ".tsv.zst")
 PARQUET_EXTRA = "pip install 'linreg-torch-cli[parquet]'"
 
 
@@ -37,9 +55,12 @@ class Table:
     X: np.ndarray | None = None
     y: np.ndarray | None = None
     sharded: bool = False  # holds only this rank's rows (a CSV read by byte range)
+    batch: Batch | None = None  # parquet: the columns (text ones as str, None where missing)
 
     @property
     def columns(self) -> int:
+        if self.batch is not None:
+            return len(self.batch)
         if self.values is not None:
             return int(self.values.shape[1])
         assert self.X is not None
@@ -47,6 +68,8 @@ class Table:
 
     @property
     def rows(self) -> int:
+        if self.batch is not None:
+            return len(self.batch[0]) if self.batch else 0
         array = self.values if self.values is not None else self.X
         assert array is not None
         return int(array.shape[0])
@@ -65,18 +88,18 @@ def read_table(
     Fitting needs ``min_rows`` = 2 rows at least; predicting needs one."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
+    if suffix not in BINARY_FORMATS:
         raise DataError(
-            f"{path}: unsupported data format {suffix or '(none)'!r}; use {', '.join(FORMATS)}"
+            f"{path}: unsupported data format {suffix or '(none)'!r}; use {', '.join(FORMATS)}, "
+            f"{', '.join(TEXT_SUFFIXES)}, or - for CSV on stdin (--format csv|tsv where the "
+            "name cannot tell)"
         )
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a data file")
     try:
-        if suffix in (".csv", ".tsv"):
-            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",", shard)
-        elif suffix == ".npy":
+        if suffix == ".npy":
             table = _read_npy(path, shard)
         elif suffix == ".npz":
             table = _read_npz(path)
@@ -89,59 +112,6 @@ def read_table(
     if table.rows < min_rows and not table.sharded:
         raise DataError(f"{path}: has {table.rows} data row(s); at least {min_rows} are needed")
     return table
-
-
-def _read_delimited(
-    path: Path, delimiter: str, shard: Callable[[int], tuple[int, int]] | None = None
-) -> Table:
-    """CSV/TSV with quoted fields, blank lines skipped, a header row detected.
-
-    The first non-blank row is a header when none of its cells is a number. Every other
-    cell must be a finite number; errors give the line and column (1-based). With ``shard``
-    (under torchrun) only this rank's byte range of the file is parsed: the lines that
-    start in it (a quoted field must then not span lines).
-    """
-    rows: list[list[float]] = []
-    names: tuple[str, ...] | None = None
-    width = 0
-    first_line = 1
-    try:
-        if shard is None:
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                text = handle.read()
-        else:
-            header, text, first_line = _byte_shard(path, shard)
-            cells = next(csv.reader([header], delimiter=delimiter), [])
-            width = len(cells)
-            if cells and not any(_is_number(cell) for cell in cells):
-                names = tuple(cell.strip() for cell in cells)
-                _check_names(path, names)
-        reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
-        for cells in reader:
-            if not cells or all(not cell.strip() for cell in cells):
-                continue
-            line = first_line + reader.line_num - 1
-            if width == 0 or (line == 1 and names is not None):
-                width = len(cells)
-                if not any(_is_number(cell) for cell in cells):
-                    names = tuple(cell.strip() for cell in cells)
-                    _check_names(path, names)
-                    continue
-            if len(cells) != width:
-                raise DataError(
-                    f"{path} line {line}: {len(cells)} fields, expected {width} (ragged rows)"
-                )
-            rows.append([_number(path, line, col, cell, names) for col, cell in enumerate(cells)])
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a text file ({exc.reason})") from exc
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV: {exc}") from exc
-    if width == 0:
-        raise DataError(f"{path}: the file is empty")
-    if not rows and shard is None:
-        raise DataError(f"{path}: has a header but no data rows")
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), width)
-    return Table(path=path, values=values, names=names, sharded=shard is not None)
 
 
 def _byte_shard(path: Path, shard: Callable[[int], tuple[int, int]]) -> tuple[str, str, int]:
@@ -166,38 +136,6 @@ def _byte_shard(path: Path, shard: Callable[[int], tuple[int, int]]) -> tuple[st
         if data and not data.endswith(b"\n"):
             data += handle.readline()  # the last line starts in this share: finish it
     return header, data.decode("utf-8-sig" if position == 0 else "utf-8"), line
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _number(path: Path, line: int, col: int, cell: str, names: tuple[str, ...] | None) -> float:
-    where = f"{path} line {line}, column {col + 1}" + (f" ({names[col]})" if names else "")
-    text = cell.strip()
-    if not text:
-        raise DataError(f"{where}: empty cell")
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{where}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise DataError(f"{where}: {text} is not a finite number (NaN and inf cannot be fitted)")
-    return value
-
-
-def _check_names(path: Path, names: tuple[str, ...]) -> None:
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if not name:
-            raise DataError(f"{path} line 1, column {i + 1}: empty column name in the header")
-        if name in seen:
-            raise DataError(f"{path}: column name {name!r} appears twice in the header")
-        seen.add(name)
 
 
 def _read_npy(path: Path, shard: Callable[[int], tuple[int, int]] | None = None) -> Table:
@@ -269,17 +207,21 @@ def _read_parquet(path: Path) -> Table:
     except Exception as exc:  # pyarrow raises its own ArrowInvalid/ArrowIOError family
         raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
     names = tuple(table.column_names)
-    columns = []
-    for name in names:
-        column = table.column(name).to_numpy(zero_copy_only=False)
-        if column.dtype.kind not in "biuf":
-            raise DataError(f"{path}: column {name!r} is {column.dtype}, not numeric")
-        columns.append(column.astype(np.float64))
-    if not columns:
+    if not names:
         raise DataError(f"{path}: the file has no columns")
-    values = np.column_stack(columns)
-    _check_finite(path, values, names)
-    return Table(path=path, values=values, names=names)
+    batch: Batch = []
+    for name in names:
+        column = table.column(name)
+        values = column.to_numpy(zero_copy_only=False)
+        if values.dtype.kind in "biuf":
+            batch.append(values.astype(np.float64))
+        elif values.dtype.kind in "OUT" or str(column.type) in ("string", "large_string"):
+            batch.append(
+                np.array([None if v is None else str(v).strip() for v in values.tolist()], dtype=object)
+            )
+        else:
+            raise DataError(f"{path}: column {name!r} is {column.type}, neither numbers nor text")
+    return Table(path=path, values=None, names=names, batch=batch)
 
 
 def _numeric(path: Path, array: np.ndarray, what: str) -> np.ndarray:
@@ -379,10 +321,130 @@ def target_index(table: Table, target: str | None) -> int:
     return index % table.columns
 
 
-def load_dataset(path: Path, target: str | None = None, world: World = SINGLE) -> Dataset:
-    """The file's features and target; under torchrun a memory-mapped .npy is only read
-    (and checked) in this rank's rows."""
-    return select_target(read_table(path, shard=world.shard if world.distributed else None), target)
+def load_dataset(
+    path: Path | str,
+    target: str | None = None,
+    world: World = SINGLE,
+    *,
+    options: TableOptions | None = None,
+    fmt: str | None = None,
+    stream: bool = False,
+) -> Dataset:
+    """The file's features and target, with the column and cell ``options``.
+
+    Text tables (CSV/TSV, compressed, or ``-`` for stdin) are read by ``tables``; with
+    ``stream`` (mini-batches) they are encoded into a temporary memory-mapped file, so memory
+    stays bounded whatever their size. Under torchrun an uncompressed text file or a
+    memory-mapped .npy is only read (and checked) in this rank's share.
+    """
+    options = options if options is not None else TableOptions(target=target)
+    name = str(path)
+    if name == STDIN or text_format(name, fmt) is not None:
+        return _load_text(name, options, fmt, world, stream)
+    if fmt is not None:
+        raise DataError(f"--format {fmt} is for text data (CSV or TSV); {name} is not text")
+    table = read_table(Path(name), shard=world.shard if world.distributed else None)
+    if table.batch is None and _plain(options):
+        return select_target(table, options.target)
+    header, batch = _columns_of(table)
+    X, y, encoding, dropped = encode_columns(header, batch, str(table.path), options)
+    return Dataset(
+        X=X,
+        y=y,
+        feature_names=encoding.feature_names,
+        target_name=encoding.target,
+        source=str(table.path),
+        sharded=table.sharded,
+        encoding=encoding,
+        dropped=dropped,
+    )
+
+
+def table_options(config: TrainConfig) -> TableOptions:
+    """The column and cell options of a training configuration."""
+    return TableOptions(
+        target=config.target,
+        features=config.feature_columns,
+        exclude=config.exclude,
+        categorical=config.categorical,
+        missing=config.missing,
+        na_values=config.na_values,
+        max_levels=config.max_levels,
+    )
+
+
+def _plain(options: TableOptions) -> bool:
+    return not (options.features or options.exclude or options.categorical) and (
+        options.missing == "error"
+    )
+
+
+def _columns_of(table: Table) -> tuple[Header, Batch]:
+    if table.batch is not None:
+        return Header(names=table.names, width=len(table.batch)), table.batch
+    if table.values is None:
+        assert table.X is not None and table.y is not None
+        return Header(names=None, width=table.columns), numeric_batch(
+            np.column_stack([table.X, table.y])
+        )
+    return Header(names=table.names, width=table.columns), numeric_batch(table.values)
+
+
+def _load_text(
+    name: str, options: TableOptions, fmt: str | None, world: World, stream: bool
+) -> Dataset:
+    file = open_text(name, fmt)
+    merge = None
+    try:
+        if world.distributed and file.compression is None and not file.spooled:
+            header, text, first_line = _byte_shard(file.path, world.shard)
+            file = replace(file, shard=(header.encode() + text.encode(), first_line))
+
+            def merge(profiles: dict[str, Any]) -> tuple[dict[int, Any], set[int]]:
+                return merge_profiles([json.loads(part) for part in world.gather_text(json.dumps(profiles))])
+
+        read = read_text_table(file, options, spill=spill_array if stream else None, merge=merge)
+    finally:
+        file.close()
+    if read.X.shape[0] < 2 and file.shard is None:
+        after = f" after dropping {read.dropped} with missing values" if read.dropped else ""
+        raise DataError(
+            f"{file.label}: has {read.X.shape[0]} data row(s){after}; at least 2 are needed"
+        )
+    return Dataset(
+        X=read.X,
+        y=read.y,
+        feature_names=read.encoding.feature_names,
+        target_name=read.encoding.target,
+        source=file.label,
+        sharded=file.shard is not None,
+        encoding=read.encoding,
+        dropped=read.dropped,
+    )
+
+
+def spill_array(rows: int, columns: int) -> np.ndarray:
+    """A float64 (rows, columns) array in a temporary file, mapped into memory: the file is
+    unlinked at once (its space is given back when the mapping goes) and its blocks are
+    reserved first, so a full disk is an error here rather than a crash (SIGBUS) later.
+    The folder is $TMPDIR (default /tmp)."""
+    import os
+    import tempfile
+
+    size = max(rows * columns * 8, 8)
+    fd, tmp = tempfile.mkstemp(prefix="linreg-table-", suffix=".f64")
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            raise DataError(
+                f"cannot stage the table in {Path(tmp).parent} ({size / 1e6:.0f} MB for "
+                f"--batch-size): {exc.strerror}; set TMPDIR to a folder with room"
+            ) from exc
+        return np.memmap(tmp, dtype=np.float64, mode="r+", shape=(rows, columns))
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def write_table(path: Path, X: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> bytes:

@@ -64,6 +64,21 @@ class World:
         torch.distributed.all_gather(parts, torch.from_numpy(array.copy()), group=self.cpu_group)
         return [part.numpy() for part in parts]
 
+    def gather_text(self, text: str) -> list[str]:
+        """Every rank's ``text``, in rank order (UTF-8 bytes carried as numbers: lengths
+        first, then the bytes padded to the longest)."""
+        if not self.distributed:
+            return [text]
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        lengths = [int(part[0]) for part in self.gather(np.array([data.size]))]
+        padded = np.zeros(max(lengths), dtype=np.float64)
+        padded[: data.size] = data
+        parts = self.gather(padded)
+        return [
+            part[:length].astype(np.uint8).tobytes().decode()
+            for part, length in zip(parts, lengths, strict=True)
+        ]
+
     def close(self) -> None:
         """Leave together: a rank that tears its connections down while another still uses
         them can bring that one down (gloo aborts)."""

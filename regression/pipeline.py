@@ -32,7 +32,7 @@ from .data import (
     split,
     synthetic,
 )
-from .datafile import load_dataset
+from .datafile import load_dataset, table_options
 from .device import resolve_device
 from .distributed import SINGLE, World
 from .errors import ConfigError
@@ -102,6 +102,7 @@ class RunResult:
     strategy: str = ""  # how the epochs ran, and why (see epochs.choose_epochs)
     # why training did not converge, and what to try (None when it did); also in warnings
     not_converged: str | None = None
+    dropped_rows: int = 0  # rows left out for missing values, of all ranks
 
     def statistics(self) -> Statistics:
         """The least-squares inference (imports SciPy, so only computed when asked for), and
@@ -152,7 +153,13 @@ def run_training(
     start = time.perf_counter()
     if data is None:
         data = (
-            load_dataset(Path(config.data), config.target, world)
+            load_dataset(
+                config.data,
+                world=world,
+                options=table_options(config),
+                fmt=config.format,
+                stream=config.batch_size > 0,
+            )
             if config.data
             else synthetic(config)
         )
@@ -173,6 +180,8 @@ def _run(
 ) -> RunResult:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
+    # rows dropped for missing values: each rank's, when each read its own share
+    dropped = int(world.sum(data.dropped)) if data.sharded else data.dropped
     # under torchrun each rank keeps its contiguous shard (a view) and splits that
     data, val_data = split(shard(data, world), fraction=config.val_fraction, seed=config.seed)
     X, y = data.X, data.y
@@ -184,6 +193,9 @@ def _run(
         for name, std in zip(data.feature_names, stats.std, strict=True)
         if std == 0
     ]
+    if dropped:
+        why = "--missing drop" if config.missing == "drop" else "the target was missing"
+        warnings.insert(0, f"{dropped} row(s) with missing values were dropped ({why})")
     ols = least_squares(X, y, world, sums=sums)
     precondition = choose_precondition(config, ols, Scaling(mean=stats.mean, scale=stats.scale))
     scaling = precondition.scaling
@@ -273,6 +285,7 @@ def _run(
         warnings.append(not_converged)
     assert trained.strategy is not None
     return RunResult(
+        dropped_rows=dropped,
         config=config,
         data=data,
         val_data=val_data,

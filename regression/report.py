@@ -6,6 +6,7 @@ from typing import Any
 
 from . import __version__
 from .pipeline import Params, RunResult
+from .tables import Encoding
 
 SCHEMA = 1
 
@@ -25,6 +26,10 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
             "train_samples": result.train_samples,
             "val_samples": result.val_samples,
             "sha256": result.data_sha256,
+            # rows left out for missing values (--missing drop, or a missing target)
+            "dropped_rows": result.dropped_rows,
+            "columns": _columns(data.encoding),
+            "missing": None if data.encoding is None else data.encoding.missing,
         },
         "params": result.params.to_dict(),
         "true_params": result.true_params.to_dict() if result.true_params else None,
@@ -49,6 +54,23 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
         "warnings": result.warnings,
         "environment": environment(result.device),
     }
+
+
+def _columns(encoding: Encoding | None) -> list[dict[str, Any]] | None:
+    """How each column of the table became features (None for an array's numbers)."""
+    if encoding is None:
+        return None
+    return [
+        {
+            "name": coding.name,
+            "kind": "categorical" if coding.categorical else "numeric",
+            "features": list(coding.feature_names),
+            "reference": coding.reference,
+            "levels": None if coding.levels is None else [coding.reference, *coding.levels],
+            "fill": coding.fill,
+        }
+        for coding in encoding.columns
+    ]
 
 
 def environment(device: str) -> dict[str, Any]:
