@@ -463,7 +463,9 @@ def predict(
     data: Annotated[
         Path,
         typer.Option(
-            help="Rows to predict: .csv, .tsv, .npy, .npz or .parquet.", show_default=False
+            help="Rows to predict: .csv, .tsv (also .gz, .bz2, .zst), .npy, .npz or .parquet; "
+            "- reads CSV from stdin.",
+            show_default=False,
         ),
     ],
     out: Annotated[
@@ -499,6 +501,21 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    unknown_level: Annotated[
+        str,
+        typer.Option(
+            help="A categorical level not seen in training: error (exit 2), or zero (all-zero "
+            "indicators, i.e. the reference level, and a warning).",
+        ),
+    ] = "error",
+    data_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or tsv, where the name of --data cannot tell (- for stdin: csv).",
+            show_default=False,
+        ),
+    ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
     ] = False,
@@ -515,6 +532,8 @@ def predict(
         json_output=json_output,
         intervals=intervals,
         confidence=confidence,
+        unknown_level=unknown_level,
+        data_format=data_format,
     )
 
 
@@ -719,6 +738,17 @@ def usage_message(message: str, args: list[str]) -> str:
     return f"{message} (see linreg {command + ' ' if command else ''}--help)"
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush finds no broken
+    pipe to complain of."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``linreg`` and ``python -m cli``: one place turns failures into exit codes."""
     args = sys.argv[1:] if argv is None else argv
@@ -746,12 +776,20 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except typer.Abort:
         output.error("aborted")
         code = ExitCode.FAILURE
+    except (BrokenPipeError, output.PipeClosed):  # stdout's reader went away: stop, quietly
+        _silence_stdout()
+        code = ExitCode.BROKEN_PIPE
     except Exception as exc:
         if DEBUG.requested:
             traceback.print_exc()
         hint = "" if DEBUG.requested else " (rerun with --debug for the traceback)"
         output.error(f"unexpected {type(exc).__name__}: {exc}{hint}")
         code = ExitCode.FAILURE
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = ExitCode.BROKEN_PIPE
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, leave without running C++ static destructors: torch's distributed
         # threads can abort the process at interpreter shutdown ("terminate called without

@@ -275,3 +275,8 @@ def fmt_p(p: float | None) -> str:
     if p is None or math.isnan(p):
         return "-"
     return "<1e-300" if p < 1e-300 else f"{p:.3g}"
+
+
+class PipeClosed(Exception):
+    """stdout's reader went away (``| head``): the command stops quietly, with the status
+    a shell gives a process ended by SIGPIPE (141)."""

@@ -177,7 +177,12 @@ def _convert(setting: Setting, value: Any, *, strings: bool) -> Any:
             raise ValueError(f"must be a number or a list of numbers, got {value!r}")
         return [float(v) for v in items]
     if kind in ("strs", "columns", "list"):
-        if kind == "columns" and not strings and isinstance(value, int) and not isinstance(value, bool):
+        if (
+            kind == "columns"
+            and not strings
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+        ):
             return value
         if isinstance(value, str):
             return value.split(",") if kind == "list" or strings else [value]

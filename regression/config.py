@@ -84,14 +84,18 @@ class TrainConfig:
                 raise ConfigError(name, "must be a list of strings", value)
             object.__setattr__(self, name, tuple(value))
         if self.missing not in MISSING_POLICIES:
-            raise ConfigError("missing", f"must be one of {', '.join(MISSING_POLICIES)}", self.missing)
+            raise ConfigError(
+                "missing", f"must be one of {', '.join(MISSING_POLICIES)}", self.missing
+            )
         if self.format is not None and self.format not in TEXT_FORMATS:
             raise ConfigError("format", f"must be one of {', '.join(TEXT_FORMATS)}", self.format)
         if self.data is None:
             for name in (*TABLE_FIELDS, "format"):
                 if getattr(self, name) != getattr(DEFAULT_TABLE, name, None):
                     option = "features" if name == "feature_columns" else name
-                    raise ConfigError(option, "needs --data (it describes a data file's columns)", None)
+                    raise ConfigError(
+                        option, "needs --data (it describes a data file's columns)", None
+                    )
         weight = tuple(float(w) for w in self.weight)
         object.__setattr__(self, "weight", weight)
         if len(weight) not in (1, self.features):

@@ -7,9 +7,7 @@ feature matrix and the target column.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +22,6 @@ from .errors import DataError
 from .tables import (
     STDIN,
     Batch,
-    Encoding,
     Header,
     TableOptions,
     encode_columns,
@@ -217,7 +214,9 @@ def _read_parquet(path: Path) -> Table:
             batch.append(values.astype(np.float64))
         elif values.dtype.kind in "OUT" or str(column.type) in ("string", "large_string"):
             batch.append(
-                np.array([None if v is None else str(v).strip() for v in values.tolist()], dtype=object)
+                np.array(
+                    [None if v is None else str(v).strip() for v in values.tolist()], dtype=object
+                )
             )
         else:
             raise DataError(f"{path}: column {name!r} is {column.type}, neither numbers nor text")
@@ -346,7 +345,7 @@ def load_dataset(
     table = read_table(Path(name), shard=world.shard if world.distributed else None)
     if table.batch is None and _plain(options):
         return select_target(table, options.target)
-    header, batch = _columns_of(table)
+    header, batch = columns_of(table)
     X, y, encoding, dropped = encode_columns(header, batch, str(table.path), options)
     return Dataset(
         X=X,
@@ -379,7 +378,7 @@ def _plain(options: TableOptions) -> bool:
     )
 
 
-def _columns_of(table: Table) -> tuple[Header, Batch]:
+def columns_of(table: Table) -> tuple[Header, Batch]:
     if table.batch is not None:
         return Header(names=table.names, width=len(table.batch)), table.batch
     if table.values is None:
@@ -401,7 +400,9 @@ def _load_text(
             file = replace(file, shard=(header.encode() + text.encode(), first_line))
 
             def merge(profiles: dict[str, Any]) -> tuple[dict[int, Any], set[int]]:
-                return merge_profiles([json.loads(part) for part in world.gather_text(json.dumps(profiles))])
+                return merge_profiles(
+                    [json.loads(part) for part in world.gather_text(json.dumps(profiles))]
+                )
 
         read = read_text_table(file, options, spill=spill_array if stream else None, merge=merge)
     finally:

@@ -43,12 +43,9 @@ from .errors import DataError
 
 UNKNOWN_POLICIES = ("error", "zero")  # predict --unknown-level
 DELIMITERS = {"csv": ",", "tsv": "\t"}
-# compressed text by the last suffix: the codec's name for pyarrow, and Python's opener
-COMPRESSIONS: dict[str, tuple[str, Callable[..., IO[bytes]] | None]] = {
-    ".gz": ("gzip", gzip.open),
-    ".bz2": ("bz2", bz2.open),
-    ".zst": ("zstd", None),  # pyarrow only (Python's zstd module is 3.14+)
-}
+# compressed text by the last suffix: the codec's name for pyarrow (Python's csv reader
+# takes .gz and .bz2 too; .zst needs pyarrow, Python's zstd module being 3.14+)
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 STDIN = "-"
 ARROW_BLOCK_BYTES = 16 << 20  # pyarrow's streaming reader: bytes of text a batch
 PYTHON_BATCH_ROWS = 1 << 16
@@ -81,13 +78,14 @@ class TextFile:
             return io.BytesIO(self.shard[0])
         if self.compression is None:
             return self.path.open("rb")
-        opener = COMPRESSIONS[self.compression][1]
-        if opener is None:
-            raise DataError(
-                f"{self.label}: reading {self.compression} files needs pyarrow "
-                "(pip install 'linreg-torch-cli[parquet]')"
-            )
-        return opener(self.path, "rb")
+        if self.compression == ".gz":
+            return gzip.open(self.path, "rb")  # type: ignore[return-value]
+        if self.compression == ".bz2":
+            return bz2.open(self.path, "rb")
+        raise DataError(
+            f"{self.label}: reading {self.compression} files needs pyarrow "
+            "(pip install 'linreg-torch-cli[parquet]')"
+        )
 
     def close(self) -> None:
         if self.spooled:
@@ -289,7 +287,7 @@ def _arrow_batches(
         strings_can_be_null=True,
         quoted_strings_can_be_null=True,
     )
-    codec = COMPRESSIONS[file.compression][0] if file.compression else None
+    codec = COMPRESSIONS[file.compression] if file.compression else None
     try:
         stream = (
             pa.BufferReader(file.shard[0])
@@ -409,13 +407,13 @@ def locate_problem(file: TextFile, header: Header, problem: CellProblem | None) 
                 continue
         elif row != problem.row:
             continue
-        raise DataError(_cell_message(problem, f"{file.label} line {line}", header, cells))
+        raise DataError(cell_message(problem, f"{file.label} line {line}", header, cells))
     if problem is not None:
         at = f"{file.label} data row {problem.row + 1}" if problem.row is not None else file.label
-        raise DataError(_cell_message(problem, at, header, None))
+        raise DataError(cell_message(problem, at, header, None))
 
 
-def _cell_message(problem: CellProblem, at: str, header: Header, cells: list[str] | None) -> str:
+def cell_message(problem: CellProblem, at: str, header: Header, cells: list[str] | None) -> str:
     where = f"{at}, {header.where(problem.column)}"
     cell = cells[problem.column].strip() if cells is not None else problem.value
     if problem.kind == "text":
@@ -718,7 +716,7 @@ def fit_encoding(
     options: TableOptions,
 ) -> Encoding:
     """The encoding of the used columns from their training profiles."""
-    codings = []
+    codings: list[Coding] = []
     if profiles[columns.target].text:
         example = next(iter(profiles[columns.target].levels), "")
         raise CellProblem("text", columns.target, None, example, na_values=options.na_values)
@@ -938,6 +936,29 @@ def with_text_columns(
             text = {*text, found.index}
 
 
+def read_batch(
+    file: TextFile, header: Header, text: set[int], na_values: tuple[str, ...], *, numeric: set[int]
+) -> Batch:
+    """The whole file as one batch (predict): the ``text`` columns as text, the rest as
+    numbers; a cell that is not a number in a ``numeric`` column is a CellProblem, in any
+    other it makes the column text. DataError when there are no data rows."""
+    while True:
+        try:
+            found = list(batches(file, header, text, na_values, whole=True))
+            break
+        except _TextColumn as exc:
+            if exc.index in numeric or exc.index in text:
+                raise CellProblem("text", exc.index, None, na_values=na_values) from None
+            text = {*text, exc.index}
+    if not found:
+        raise DataError(f"{file.label}: has no data rows")
+    return (
+        found[0]
+        if len(found) == 1
+        else [np.concatenate([batch[j] for batch in found]) for j in range(header.width)]
+    )
+
+
 def categorical_columns(header: Header, label: str, names: tuple[str, ...]) -> set[int]:
     return {column_index(header, label, "--categorical", t) for t in _tokens(names)}
 
@@ -1077,7 +1098,7 @@ def encode_columns(
         part = encode_batch(encoding, batch, 0, target=columns.target)
     except CellProblem as problem:
         at = f"{label} data row {problem.row + 1}" if problem.row is not None else label
-        raise DataError(_cell_message(problem, at, header, None)) from None
+        raise DataError(cell_message(problem, at, header, None)) from None
     assert part.y is not None
     return part.X, part.y, encoding, part.dropped
 
