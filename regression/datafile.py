@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import NA_VALUES, TrainConfig
 from .data import CHUNK_ROWS, Dataset, chunks
 from .distributed import SINGLE, World
 from .errors import DataError
@@ -28,6 +28,8 @@ from .tables import (
     merge_profiles,
     numeric_batch,
     open_text,
+    read_batch,
+    read_header,
     read_text_table,
     text_format,
 )
@@ -85,6 +87,11 @@ def read_table(
     Fitting needs ``min_rows`` = 2 rows at least; predicting needs one."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if text_format(str(path), None) is not None:
+        table = _read_text(path, shard)
+        if table.rows < min_rows and not table.sharded:
+            raise DataError(f"{path}: has {table.rows} data row(s); at least {min_rows} are needed")
+        return table
     if suffix not in BINARY_FORMATS:
         raise DataError(
             f"{path}: unsupported data format {suffix or '(none)'!r}; use {', '.join(FORMATS)}, "
@@ -109,6 +116,27 @@ def read_table(
     if table.rows < min_rows and not table.sharded:
         raise DataError(f"{path}: has {table.rows} data row(s); at least {min_rows} are needed")
     return table
+
+
+def _read_text(path: Path, shard: Callable[[int], tuple[int, int]] | None) -> Table:
+    """A text table's columns as they are (numbers, or text where a column holds any),
+    missing cells NaN or None: a table of numbers in ``values`` when every column is."""
+    file = open_text(str(path), None)
+    if shard is not None and file.compression is None:
+        header_line, text, first_line = _byte_shard(path, shard)
+        file = replace(file, shard=(header_line.encode() + text.encode(), first_line))
+    header = read_header(file)
+    try:
+        batch = read_batch(file, header, set(), NA_VALUES, numeric=set())
+    except DataError:
+        if file.shard is None:
+            raise
+        batch = [np.zeros(0) for _ in range(header.width)]  # a share without rows
+    sharded = file.shard is not None
+    if all(column.dtype != object for column in batch):
+        values = np.column_stack(batch) if batch else np.zeros((0, header.width))
+        return Table(path=path, values=values, names=header.names, sharded=sharded)
+    return Table(path=path, values=None, names=header.names, batch=batch, sharded=sharded)
 
 
 def _byte_shard(path: Path, shard: Callable[[int], tuple[int, int]]) -> tuple[str, str, int]:
@@ -220,7 +248,10 @@ def _read_parquet(path: Path) -> Table:
             )
         else:
             raise DataError(f"{path}: column {name!r} is {column.type}, neither numbers nor text")
-    return Table(path=path, values=None, names=names, batch=batch)
+    numeric = all(column.dtype != object for column in batch)
+    # the batch is kept either way: its missing and infinite cells are checked when encoded
+    values = np.column_stack(batch) if numeric else None
+    return Table(path=path, values=values, names=names, batch=batch)
 
 
 def _numeric(path: Path, array: np.ndarray, what: str) -> np.ndarray:

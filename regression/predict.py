@@ -108,7 +108,7 @@ def predict_file(
                 )
                 X, y, kept, unseen = _encode(matched, batch, target_col, unknown)
             except CellProblem as problem:
-                locate_problem(file, header, problem)
+                locate_problem(file, header, problem, matched.na_values)
                 raise AssertionError("unreachable") from None
         finally:
             file.close()
@@ -116,6 +116,15 @@ def predict_file(
         if fmt is not None:
             raise DataError(f"--format {fmt} is for text data (CSV or TSV); {name} is not text")
         table = read_table(Path(name), min_rows=1)
+        if table.values is None and table.X is not None:  # an .npz with arrays X and y
+            if table.X.shape[1] != len(encoding.columns):
+                raise DataError(
+                    f"{table.path}: array X has {table.X.shape[1]} columns; the model expects "
+                    f"{len(encoding.columns)} features ({', '.join(model.feature_names)})"
+                )
+            assert table.y is not None
+            table = replace(table, X=None, y=None, values=np.column_stack([table.X, table.y]))
+            target = target if target is not None else str(table.columns - 1)
         header, batch = columns_of(table)
         matched, target_col, ignored = _match(encoding, header, str(table.path), target)
         try:

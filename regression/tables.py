@@ -157,6 +157,7 @@ class Header:
 
     names: tuple[str, ...] | None
     width: int
+    line: int = 0  # the header's last line in the file (0: no header)
 
     def name(self, j: int) -> str:
         return self.names[j] if self.names is not None else str(j)
@@ -209,14 +210,15 @@ def read_header(file: TextFile) -> Header:
     with file.open_binary() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         try:
-            for cells in csv.reader(text, delimiter=file.delimiter):
+            reader = csv.reader(text, delimiter=file.delimiter)
+            for cells in reader:
                 if not cells or all(not cell.strip() for cell in cells):
                     continue
                 if any(_is_number(cell) for cell in cells):
                     return Header(names=None, width=len(cells))
                 names = tuple(cell.strip() for cell in cells)
                 _check_names(file.label, names)
-                return Header(names=names, width=len(names))
+                return Header(names=names, width=len(names), line=reader.line_num)
         except UnicodeDecodeError as exc:
             raise DataError(f"{file.label}: not a text file ({exc.reason})") from exc
         except (csv.Error, EOFError, OSError) as exc:
@@ -274,11 +276,11 @@ def _arrow_batches(
     names = [f"c{j}" for j in range(header.width)]
     read = arrow_csv.ReadOptions(
         column_names=names,
-        skip_rows=1 if header.names is not None else 0,
+        skip_rows=header.line,  # pyarrow counts blank lines too
         block_size=ARROW_BLOCK_BYTES,
         use_threads=True,
     )
-    parse = arrow_csv.ParseOptions(delimiter=file.delimiter)
+    parse = arrow_csv.ParseOptions(delimiter=file.delimiter, invalid_row_handler=_blank_row)
     convert = arrow_csv.ConvertOptions(
         column_types={
             name: pa.string() if j in text else pa.float64() for j, name in enumerate(names)
@@ -300,22 +302,47 @@ def _arrow_batches(
                     stream, read_options=read, parse_options=parse, convert_options=convert
                 )
                 if table.num_rows:
-                    yield [_arrow_column(table.column(j), j in text) for j in range(header.width)]
+                    yield _without_empty_rows(
+                        [_arrow_column(table.column(j), j in text) for j in range(header.width)]
+                    )
                 return
             reader = arrow_csv.open_csv(
                 stream, read_options=read, parse_options=parse, convert_options=convert
             )
             for batch in reader:
                 if batch.num_rows:
-                    yield [_arrow_column(batch.column(j), j in text) for j in range(header.width)]
+                    yield _without_empty_rows(
+                        [_arrow_column(batch.column(j), j in text) for j in range(header.width)]
+                    )
     except pa.ArrowInvalid as exc:
+        if "Could not skip initial" in str(exc) or "Empty CSV file" in str(exc):
+            return  # a header and no rows
         match = re.search(r"In CSV column #(\d+): CSV conversion error to double", str(exc))
         if match:
             raise _TextColumn(int(match.group(1))) from None
-        locate_problem(file, header, None)  # names the line, if it can
+        locate_problem(file, header, None, na_values)  # names the line, if it can
         raise DataError(f"{file.label}: malformed CSV: {exc}") from None
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{file.label}: cannot read: {exc}") from None
+
+
+def _blank_row(row: Any) -> str:
+    """pyarrow's handler of a row with the wrong number of cells: a blank line is skipped
+    (as the csv module's reader does), anything else is an error."""
+    return "skip" if not row.text.strip() else "error"
+
+
+def _without_empty_rows(batch: Batch) -> Batch:
+    """The batch without the rows whose every cell is missing (",,", "NA,NA"): such rows
+    are skipped like blank lines, by both readers."""
+    empty = None
+    for column in batch:
+        missing = np.equal(column, None) if column.dtype == object else np.isnan(column)
+        empty = missing if empty is None else empty & missing
+        if not empty.any():
+            return batch
+    assert empty is not None
+    return [column[~empty] for column in batch]
 
 
 def _arrow_column(column: Any, as_text: bool) -> np.ndarray:
@@ -328,8 +355,12 @@ def _arrow_column(column: Any, as_text: bool) -> np.ndarray:
     return numbers.astype(np.float64, copy=False)
 
 
-def _python_rows(file: TextFile) -> Iterator[tuple[int, list[str]]]:
-    """(line number, cells) of every non-blank row after the header, by the csv module."""
+def _python_rows(
+    file: TextFile, na_values: tuple[str, ...] = ()
+) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of every row after the header, by the csv module; blank rows
+    and rows whose every cell is missing (``na_values``) are skipped."""
+    missing = set(na_values)
     with file.open_binary() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.reader(text, delimiter=file.delimiter)
@@ -342,6 +373,8 @@ def _python_rows(file: TextFile) -> Iterator[tuple[int, list[str]]]:
                     first = False
                     if not any(_is_number(cell) for cell in cells):
                         continue  # the header
+                if missing and all(cell.strip() in missing or cell in missing for cell in cells):
+                    continue
                 yield file.first_line - 1 + reader.line_num, cells
         except UnicodeDecodeError as exc:
             raise DataError(f"{file.label}: not a text file ({exc.reason})") from exc
@@ -357,7 +390,7 @@ def _python_batches(
     """Without pyarrow: the whole file in one batch, by the csv module."""
     missing = set(na_values)
     columns: list[list[str]] = [[] for _ in range(header.width)]
-    for line, cells in _python_rows(file):
+    for line, cells in _python_rows(file, na_values):
         if len(cells) != header.width:
             raise DataError(
                 f"{file.label} line {line}: {len(cells)} fields, expected {header.width} "
@@ -388,12 +421,17 @@ def _python_batches(
     yield batch
 
 
-def locate_problem(file: TextFile, header: Header, problem: CellProblem | None) -> None:
+def locate_problem(
+    file: TextFile,
+    header: Header,
+    problem: CellProblem | None,
+    na_values: tuple[str, ...] = NA_VALUES,
+) -> None:
     """Scan the file with the csv module to the cell of ``problem`` (its data row, or with
     no row the first cell of its column that is neither a number nor missing; with no
     problem, the first ragged row) and raise the DataError that names its line and column;
     returns when there is no ragged row to find (the caller then says what it knows)."""
-    for row, (line, cells) in enumerate(_python_rows(file)):
+    for row, (line, cells) in enumerate(_python_rows(file, na_values)):
         if len(cells) != header.width:
             raise DataError(
                 f"{file.label} line {line}: {len(cells)} fields, expected {header.width} "
@@ -403,7 +441,7 @@ def locate_problem(file: TextFile, header: Header, problem: CellProblem | None) 
             continue
         if problem.row is None:
             cell = cells[problem.column].strip()
-            if cell in problem.na_values or _is_number(cell):
+            if cell in na_values or _is_number(cell):
                 continue
         elif row != problem.row:
             continue
@@ -421,7 +459,7 @@ def cell_message(problem: CellProblem, at: str, header: Header, cells: list[str]
     if problem.kind == "nonfinite":
         return f"{where}: {cell} is not a finite number (NaN and inf cannot be fitted)"
     if problem.kind == "missing":
-        shown = "empty cell" if not cell else f"missing value {cell!r}"
+        shown = "missing value" if cells is None else "empty cell" if not cell else f"missing value {cell!r}"
         return (
             f"{where}: {shown}; use --missing drop (drop the row) or --missing mean (fill with "
             "the mean), or --na-values to say which cells are missing"
@@ -1030,7 +1068,7 @@ def read_text_table(
         else:
             X, y, dropped = _spill(file, header, text, encoding, columns, options, rows, spill)
     except CellProblem as problem:
-        locate_problem(file, header, problem)
+        locate_problem(file, header, problem, options.na_values)
         raise AssertionError("unreachable") from None
     return TableRead(X=X, y=y, encoding=encoding, dropped=dropped, rows=rows)
 

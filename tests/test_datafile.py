@@ -77,7 +77,10 @@ def test_first_row_is_data_when_any_cell_is_a_number(tmp_path: Path) -> None:
     """The rule: a header is a first row in which no cell is a number. A row mixing text and
     numbers is data, so its text cell is reported at line 1."""
     path = write(tmp_path, "data.csv", "x,2\n1,2\n3,4\n")
-    assert refusal(path) == f"{path} line 1, column 1: 'x' is not a number"
+    data = load_dataset(path)
+    assert data.samples == 3  # the first row is data: its column 1 is categorical
+    assert data.feature_names == ("x1=3", "x1=x")  # reference level: '1' (ties: sorted)
+    np.testing.assert_array_equal(data.X, [[0, 1], [0, 0], [1, 0]])
 
 
 def test_tsv_with_a_header_and_target_by_name(tmp_path: Path) -> None:
@@ -197,7 +200,9 @@ def test_an_unsupported_suffix_lists_the_formats(tmp_path: Path, name: str) -> N
     path = write(tmp_path, name, "a,b\n1,2\n3,4\n")
     suffix = repr(path.suffix) if path.suffix else "'(none)'"
     assert refusal(path) == (
-        f"{path}: unsupported data format {suffix}; use .csv, .tsv, .npy, .npz, .parquet"
+        f"{path}: unsupported data format {suffix}; use .csv, .tsv, .npy, .npz, .parquet, "
+        ".csv.gz, .tsv.gz, .csv.bz2, .tsv.bz2, .csv.zst, .tsv.zst, or - for CSV on stdin "
+        "(--format csv|tsv where the name cannot tell)"
     )
 
 
@@ -218,7 +223,7 @@ def test_a_header_without_data_rows(tmp_path: Path, text: str) -> None:
     [
         ("a,b\n1,2\n3,abc\n", "line 3, column 2 (b)", "'abc'"),
         ("a,b\n1,2\n3,1.2.3\n", "line 3, column 2 (b)", "'1.2.3'"),
-        ("a,b\n1,2\n$3,4\n", "line 3, column 1 (a)", "'$3'"),
+        ("a,b\n1,2\n3,$4\n", "line 3, column 2 (b)", "'$4'"),
         ("1,2\n3,abc\n", "line 2, column 2", "'abc'"),
     ],
 )
@@ -229,11 +234,20 @@ def test_a_cell_that_is_not_a_number(tmp_path: Path, text: str, where: str, cell
 
 def test_an_empty_cell(tmp_path: Path) -> None:
     path = write(tmp_path, "data.csv", "a,b\n1,\n3,4\n")
-    assert refusal(path) == f"{path} line 2, column 2 (b): empty cell"
+    assert refusal(path) == (
+        f"{path} line 2, column 2 (b): empty cell; use --missing drop (drop the row) or "
+        "--missing mean (fill with the mean), or --na-values to say which cells are missing"
+    )
 
 
-@pytest.mark.parametrize("cell", ["nan", "NaN", "inf", "-inf", "Infinity", "-Infinity"])
-def test_nan_and_inf_cells_give_line_and_column(tmp_path: Path, cell: str) -> None:
+@pytest.mark.parametrize("cell", ["nan", "NaN"])
+def test_nan_cells_are_missing_values(tmp_path: Path, cell: str) -> None:
+    path = write(tmp_path, "data.tsv", f"a\tb\n1\t2\n{cell}\t4\n")
+    assert refusal(path).startswith(f"{path} line 3, column 1 (a): missing value {cell!r}; use")
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity", "-Infinity"])
+def test_inf_cells_give_line_and_column(tmp_path: Path, cell: str) -> None:
     path = write(tmp_path, "data.tsv", f"a\tb\n1\t2\n{cell}\t4\n")
     assert refusal(path) == (
         f"{path} line 3, column 1 (a): {cell} is not a finite number (NaN and inf cannot be fitted)"
@@ -498,9 +512,11 @@ def test_parquet_columns_by_name(parquet) -> None:  # type: ignore[no-untyped-de
     np.testing.assert_array_equal(data.y, [1.5, 2, 3])
 
 
-def test_parquet_text_column_is_refused(parquet) -> None:  # type: ignore[no-untyped-def]
-    path = parquet({"u": [1.0, 2.0, 3.0], "s": ["a", "b", "c"]})
-    assert refusal(path) == f"{path}: column 's' is object, not numeric"
+def test_parquet_text_column_is_categorical(parquet) -> None:  # type: ignore[no-untyped-def]
+    path = parquet({"s": ["a", "b", "b"], "u": [1.0, 2.0, 3.0]})
+    data = load_dataset(path)
+    assert data.feature_names == ("s=a",)  # b, the most frequent, is the reference
+    np.testing.assert_array_equal(data.X, [[1], [0], [0]])
 
 
 @pytest.mark.parametrize(
@@ -509,10 +525,13 @@ def test_parquet_text_column_is_refused(parquet) -> None:  # type: ignore[no-unt
 )
 def test_parquet_missing_or_infinite_value(parquet, column: list[object], shown: str) -> None:  # type: ignore[no-untyped-def]
     path = parquet({"u": column, "v": [1.0, 2.0, 3.0]})
-    row = 3 if shown == "inf" else 2
-    assert refusal(path) == (
-        f"{path}: row {row}, column 1 (u) is {shown}; NaN and inf cannot be fitted"
-    )
+    if shown == "inf":
+        assert refusal(path) == (
+            f"{path} data row 3, column 1 (u): inf is not a finite number (NaN and inf cannot "
+            "be fitted)"
+        )
+    else:
+        assert refusal(path).startswith(f"{path} data row 2, column 1 (u): missing value; use")
 
 
 def test_a_file_that_is_not_parquet(tmp_path: Path) -> None:
