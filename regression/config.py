@@ -153,6 +153,8 @@ class TrainConfig:
             for name in SYNTHETIC_FIELDS:
                 del values[name]
             values["features"] = list(columns)  # --features, as data columns
+            if self.format is None:
+                del values["format"]  # by the name's suffix
         else:  # nor do the data file's
             for name in (*TABLE_FIELDS, "format"):
                 values.pop(name, None)

@@ -337,7 +337,7 @@ def _without_empty_rows(batch: Batch) -> Batch:
     are skipped like blank lines, by both readers."""
     empty = None
     for column in batch:
-        missing = np.equal(column, None) if column.dtype == object else np.isnan(column)
+        missing = _absent(column)
         empty = missing if empty is None else empty & missing
         if not empty.any():
             return batch
@@ -459,7 +459,13 @@ def cell_message(problem: CellProblem, at: str, header: Header, cells: list[str]
     if problem.kind == "nonfinite":
         return f"{where}: {cell} is not a finite number (NaN and inf cannot be fitted)"
     if problem.kind == "missing":
-        shown = "missing value" if cells is None else "empty cell" if not cell else f"missing value {cell!r}"
+        shown = (
+            "missing value"
+            if cells is None
+            else "empty cell"
+            if not cell
+            else f"missing value {cell!r}"
+        )
         return (
             f"{where}: {shown}; use --missing drop (drop the row) or --missing mean (fill with "
             "the mean), or --na-values to say which cells are missing"
@@ -696,21 +702,43 @@ class TableOptions:
 
 
 def profile_batches(
-    source: Iterator[Batch], columns: Columns, used_text: set[int]
+    source: Iterator[Batch], columns: Columns, used_text: set[int], missing: str = "error"
 ) -> tuple[dict[int, _Profile], int]:
-    """One pass over the batches: each used column's profile, and the number of rows."""
+    """One pass over the batches: each used column's profile, and the number of rows. The
+    rows the policy ``missing`` drops (a missing target; with drop, any missing cell) take
+    no part in the levels and means."""
     used = (*columns.features, columns.target)
     profiles = {j: _Profile(text=j in used_text) for j in used}
     rows = 0
     for batch in source:
-        n = len(batch[0])
         for j in used:
-            _profile_column(profiles[j], batch[j], j, rows)
-        rows += n
+            _check_finite(batch[j], j, rows)
+        keep = None
+        if missing != "error":
+            dropped = _absent(batch[columns.target])
+            if missing == "drop":
+                for j in columns.features:
+                    dropped = dropped | _absent(batch[j])
+            keep = ~dropped if dropped.any() else None
+        for j in used:
+            _profile_column(profiles[j], batch[j] if keep is None else batch[j][keep])
+        rows += len(batch[0])
     return profiles, rows
 
 
-def _profile_column(profile: _Profile, values: np.ndarray, j: int, first_row: int) -> None:
+def _absent(values: np.ndarray) -> np.ndarray:
+    none = np.array(None, dtype=object)
+    result: np.ndarray = np.equal(values, none) if values.dtype == object else np.isnan(values)
+    return result
+
+
+def _check_finite(values: np.ndarray, j: int, first_row: int) -> None:
+    if values.dtype != object and np.isinf(values).any():
+        row = int(np.flatnonzero(np.isinf(values))[0])
+        raise CellProblem("nonfinite", j, first_row + row, repr(float(values[row])))
+
+
+def _profile_column(profile: _Profile, values: np.ndarray) -> None:
     if profile.text:
         present = [value for value in values.tolist() if value is not None]
         profile.missing += len(values) - len(present)
@@ -719,9 +747,6 @@ def _profile_column(profile: _Profile, values: np.ndarray, j: int, first_row: in
     missing = np.isnan(values)
     count = int(missing.sum())
     finite = values if not count else values[~missing]
-    if not np.isfinite(finite).all():
-        row = int(np.flatnonzero(np.isinf(values))[0])
-        raise CellProblem("nonfinite", j, first_row + row, repr(float(values[row])))
     profile.missing += count
     profile.count += int(finite.size)
     profile.total += float(finite.sum())
@@ -1026,7 +1051,7 @@ def read_text_table(
         stream = batches(file, header, text, options.na_values, whole=spill is None)
         if spill is None:
             stream = _holding(stream, held)
-        profiles, rows = profile_batches(stream, columns, text)
+        profiles, rows = profile_batches(stream, columns, text, options.missing)
         return text, profiles, rows
 
     try:
@@ -1129,7 +1154,7 @@ def encode_columns(
     ]
     text = {j for j, column in enumerate(batch) if column.dtype == object}
     try:
-        profiles, rows = profile_batches(iter([batch]), columns, text)
+        profiles, rows = profile_batches(iter([batch]), columns, text, options.missing)
         if rows == 0:
             raise DataError(f"{label}: has no data rows")
         encoding = fit_encoding(header, label, columns, profiles, options)

@@ -463,7 +463,7 @@ def expected_error(name: str, path: Path) -> list[str]:
         "empty": [f"{path}: the file is empty"],
         "header_only": [f"{path}: has a header but no data rows"],
         "text_cell": [f"{path} line 4, column 2 (b): 'abc' is not a number"],
-        "nan_cell": [f"{path} line 3, column 1 (a): NaN is not a finite number"],
+        "nan_cell": [f"{path} line 3, column 1 (a): missing value 'NaN'; use --missing drop"],
         "inf_array": [f"{path}: row 2, column 2 is inf; NaN and inf cannot be fitted"],
         "ragged": [f"{path} line 3: 3 fields, expected 2 (ragged rows)"],
         "one_row": [f"{path}: has 1 data row(s); at least 2 are needed"],
