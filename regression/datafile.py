@@ -20,6 +20,7 @@ from .data import CHUNK_ROWS, Dataset, chunks
 from .distributed import SINGLE, World
 from .errors import DataError
 from .tables import (
+    BINARY_SUFFIXES,
     STDIN,
     Batch,
     Header,
@@ -35,7 +36,6 @@ from .tables import (
 )
 
 FORMATS = (".csv", ".tsv", ".npy", ".npz", ".parquet")
-BINARY_FORMATS = (".npy", ".npz", ".parquet")
 TEXT_SUFFIXES = (".csv.gz", ".tsv.gz", ".csv.bz2", ".tsv.bz2", ".csv.zst", ".tsv.zst")
 PARQUET_EXTRA = "pip install 'linreg-torch-cli[parquet]'"
 
@@ -92,7 +92,7 @@ def read_table(
         if table.rows < min_rows and not table.sharded:
             raise DataError(f"{path}: has {table.rows} data row(s); at least {min_rows} are needed")
         return table
-    if suffix not in BINARY_FORMATS:
+    if suffix not in BINARY_SUFFIXES:
         raise DataError(
             f"{path}: unsupported data format {suffix or '(none)'!r}; use {', '.join(FORMATS)}, "
             f"{', '.join(TEXT_SUFFIXES)}, or - for CSV on stdin (--format csv|tsv where the "

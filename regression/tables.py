@@ -93,15 +93,21 @@ class TextFile:
                 self.path.unlink()
 
 
+BINARY_SUFFIXES = (".npy", ".npz", ".parquet")
+
+
 def text_format(path: str, fmt: str | None) -> tuple[str, str | None] | None:
     """(csv or tsv, compression) of a path by its suffixes, ``fmt`` (--format) overriding
-    the text format; None when it is not a text table."""
+    the text format; None when it is not a text table (and DataError when ``fmt`` is given
+    for a binary format's suffix)."""
     name = path.lower()
     compression = next((c for c in COMPRESSIONS if name.endswith(c)), None)
     if compression is not None:
         name = name[: -len(compression)]
     suffix = os.path.splitext(name)[1]
     if fmt is not None:
+        if suffix in BINARY_SUFFIXES:
+            raise DataError(f"--format {fmt} is for text data (CSV or TSV); {path} is not text")
         return fmt, compression
     if suffix in (".csv", ".tsv"):
         return suffix[1:], compression
@@ -711,8 +717,12 @@ def profile_batches(
     profiles = {j: _Profile(text=j in used_text) for j in used}
     rows = 0
     for batch in source:
+        problems: list[CellProblem] = []
         for j in used:
-            _check_finite(batch[j], j, rows)
+            if batch[j].dtype != object:
+                _note_nonfinite(problems, batch[j], j, rows)
+        if problems:
+            raise first_in_file(problems)
         keep = None
         if missing != "error":
             dropped = _absent(batch[columns.target])
@@ -730,12 +740,6 @@ def _absent(values: np.ndarray) -> np.ndarray:
     none = np.array(None, dtype=object)
     result: np.ndarray = np.equal(values, none) if values.dtype == object else np.isnan(values)
     return result
-
-
-def _check_finite(values: np.ndarray, j: int, first_row: int) -> None:
-    if values.dtype != object and np.isinf(values).any():
-        row = int(np.flatnonzero(np.isinf(values))[0])
-        raise CellProblem("nonfinite", j, first_row + row, repr(float(values[row])))
 
 
 def _profile_column(profile: _Profile, values: np.ndarray) -> None:
@@ -860,6 +864,7 @@ def encode_batch(
     X = np.zeros((n, encoding.features), dtype=np.float64)
     drop = np.zeros(n, dtype=bool)
     unseen = 0
+    problems: list[CellProblem] = []  # the first of each column; the file's first is raised
     offset = 0
     for coding, column in zip(
         encoding.columns, (batch[c.index] for c in encoding.columns), strict=True
@@ -889,7 +894,9 @@ def encode_batch(
                     row = int(np.flatnonzero(strange)[0])
                     shown = ", ".join(repr(v) for v in (coding.reference, *coding.levels)[:10])
                     value = str(values[row])
-                    raise CellProblem("unknown", coding.index, first_row + row, value, levels=shown)
+                    problems.append(
+                        CellProblem("unknown", coding.index, first_row + row, value, levels=shown)
+                    )
                 unseen += int(strange.sum())
             hot = codes >= 0
             rows = np.flatnonzero(hot)
@@ -897,9 +904,7 @@ def encode_batch(
         else:
             values_f = column if column.dtype != object else _numbers(column, coding, first_row)
             absent = np.isnan(values_f)
-            if np.isinf(values_f).any():
-                row = int(np.flatnonzero(np.isinf(values_f))[0])
-                raise CellProblem("nonfinite", coding.index, first_row + row, repr(values_f[row]))
+            _note_nonfinite(problems, values_f, coding.index, first_row)
             X[:, offset] = values_f
             width = 1
             if coding.fill is not None and absent.any():
@@ -907,7 +912,7 @@ def encode_batch(
         if absent.any():
             if encoding.missing == "error":
                 row = int(np.flatnonzero(absent)[0])
-                raise CellProblem("missing", coding.index, first_row + row, "")
+                problems.append(CellProblem("missing", coding.index, first_row + row, ""))
             if encoding.missing == "drop":
                 drop |= absent
         offset += width
@@ -920,14 +925,14 @@ def encode_batch(
         if y.dtype == object:
             raise DataError("the target column holds text; the target must be numeric")
         y_absent = np.isnan(y)
-        if np.isinf(y).any():
-            row = int(np.flatnonzero(np.isinf(y))[0])
-            raise CellProblem("nonfinite", target, first_row + row, repr(y[row]))
+        _note_nonfinite(problems, y, target, first_row)
         if y_absent.any():
             if encoding.missing == "error":
                 row = int(np.flatnonzero(y_absent)[0])
-                raise CellProblem("missing", target, first_row + row, "")
+                problems.append(CellProblem("missing", target, first_row + row, ""))
             drop |= y_absent
+    if problems:
+        raise first_in_file(problems)
     if keep_rows:
         X[drop] = np.nan
         return Encoded(X=X, y=y, unknown=unseen, kept=~drop)
@@ -936,6 +941,21 @@ def encode_batch(
         X = X[~drop]
         y = y[~drop] if y is not None else None
     return Encoded(X=X, y=y, dropped=dropped, unknown=unseen)
+
+
+def _note_nonfinite(
+    problems: list[CellProblem], values: np.ndarray, column: int, first_row: int
+) -> None:
+    infinite = np.isinf(values)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        problems.append(CellProblem("nonfinite", column, first_row + row, repr(float(values[row]))))
+
+
+def first_in_file(problems: list[CellProblem]) -> CellProblem:
+    """The problem a reader of the file meets first: the earliest row, then the leftmost
+    column."""
+    return min(problems, key=lambda p: (math.inf if p.row is None else p.row, p.column))
 
 
 def _level_text(value: float) -> str | None:
