@@ -629,10 +629,10 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
 
 def _feature_count(features: list[str] | int | None) -> int:
     """--features without --data: the number of synthetic feature columns."""
-    if features is None:
-        return DEFAULTS.features
     if isinstance(features, int):
         return features
+    if not features:  # typer gives [] for a list option not given
+        return DEFAULTS.features
     if len(features) == 1:
         try:
             return int(features[0])

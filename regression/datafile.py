@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .tables import (
     read_batch,
     read_header,
     read_text_table,
+    shard_text,
     text_format,
 )
 
@@ -123,8 +124,7 @@ def _read_text(path: Path, shard: Callable[[int], tuple[int, int]] | None) -> Ta
     missing cells NaN or None: a table of numbers in ``values`` when every column is."""
     file = open_text(str(path), None)
     if shard is not None and file.compression is None:
-        header_line, text, first_line = _byte_shard(path, shard)
-        file = replace(file, shard=(header_line.encode() + text.encode(), first_line))
+        file = shard_text(file, shard)
     header = read_header(file)
     try:
         batch = read_batch(file, header, set(), NA_VALUES, numeric=set())
@@ -137,30 +137,6 @@ def _read_text(path: Path, shard: Callable[[int], tuple[int, int]] | None) -> Ta
         values = np.column_stack(batch) if batch else np.zeros((0, header.width))
         return Table(path=path, values=values, names=header.names, sharded=sharded)
     return Table(path=path, values=None, names=header.names, batch=batch, sharded=sharded)
-
-
-def _byte_shard(path: Path, shard: Callable[[int], tuple[int, int]]) -> tuple[str, str, int]:
-    """The file's first line, the text of the lines that start in this rank's share of the
-    bytes, and the line number of the first of those."""
-    size = path.stat().st_size
-    start, end = shard(size)
-    with path.open("rb") as handle:
-        header = handle.readline().decode("utf-8-sig")
-        if start == 0:
-            position = 0
-        else:
-            handle.seek(start - 1)
-            handle.readline()  # the line under way at `start` belongs to the rank before
-            position = handle.tell()
-        handle.seek(0)
-        line = 1
-        for _ in range(0, position, 1 << 20):  # count the lines before, for error messages
-            line += handle.read(min(1 << 20, position - handle.tell())).count(b"\n")
-        handle.seek(position)
-        data = handle.read(max(0, end - position)) if position < end else b""
-        if data and not data.endswith(b"\n"):
-            data += handle.readline()  # the last line starts in this share: finish it
-    return header, data.decode("utf-8-sig" if position == 0 else "utf-8"), line
 
 
 def _read_npy(path: Path, shard: Callable[[int], tuple[int, int]] | None = None) -> Table:
@@ -427,8 +403,7 @@ def _load_text(
     merge = None
     try:
         if world.distributed and file.compression is None and not file.spooled:
-            header, text, first_line = _byte_shard(file.path, world.shard)
-            file = replace(file, shard=(header.encode() + text.encode(), first_line))
+            file = shard_text(file, world.shard)
 
             def merge(profiles: dict[str, Any]) -> tuple[dict[int, Any], set[int]]:
                 return merge_profiles(

@@ -65,13 +65,17 @@ class TextFile:
     delimiter: str
     compression: str | None  # a key of COMPRESSIONS
     spooled: bool = False  # path is a temporary copy of stdin, removed by close()
-    # under torchrun: the header line and this rank's lines, and the file's line number of
-    # the first of those
+    # under torchrun (shard_text): the header's lines and this rank's lines, and how many
+    # lines of the file come before the first of this rank's; the whole file's header
     shard: tuple[bytes, int] | None = None
+    header: Header | None = None
 
     @property
     def first_line(self) -> int:
-        return 1 if self.shard is None else self.shard[1] - 1
+        """The file's line number of the first line that open_binary gives."""
+        if self.shard is None or self.header is None:
+            return 1
+        return self.shard[1] + 1 - self.header.line
 
     def open_binary(self) -> IO[bytes]:
         if self.shard is not None:
@@ -211,8 +215,44 @@ def _arrow() -> Any:
     return arrow_csv
 
 
+def shard_text(file: TextFile, shard: Callable[[int], tuple[int, int]]) -> TextFile:
+    """``file`` (uncompressed, on disk) cut to this rank's share of its bytes: the lines
+    that start in ``shard(size)``'s range, after the header's lines (which come first, so
+    that each share reads as a file of its own). The header is the whole file's."""
+    header = read_header(file)
+    start, end = shard(file.path.stat().st_size)
+    with file.path.open("rb") as handle:
+        prefix = b"".join(handle.readline() for _ in range(header.line))
+        if start <= len(prefix):
+            position = len(prefix)
+        else:
+            handle.seek(start - 1)
+            handle.readline()  # the line under way at `start` belongs to the rank before
+            position = handle.tell()
+        handle.seek(0)
+        before = 0
+        for _ in range(0, position, 1 << 20):  # count the lines before, for error messages
+            before += handle.read(min(1 << 20, position - handle.tell())).count(b"\n")
+        handle.seek(position)
+        data = handle.read(max(0, end - position)) if position < end else b""
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()  # the last line starts in this share: finish it
+    if position == 0 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # the byte order mark of a file without a header
+    return TextFile(
+        label=file.label,
+        path=file.path,
+        delimiter=file.delimiter,
+        compression=None,
+        shard=(prefix + data, before),
+        header=header,
+    )
+
+
 def read_header(file: TextFile) -> Header:
     """The first non-blank row: a header when none of its cells is a number."""
+    if file.header is not None:
+        return file.header
     with file.open_binary() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         try:

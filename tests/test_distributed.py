@@ -18,6 +18,7 @@ from conftest import clean_env, error_lines, expect_exit, run_concurrently, run_
 from regression.datafile import read_table
 from regression.distributed import World
 from regression.errors import DataError
+from regression.tables import TableOptions, TextFile, open_text, read_text_table, shard_text
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TIMEOUT_S = 240.0
@@ -210,9 +211,16 @@ def test_a_csv_error_in_a_later_shard_names_the_line_in_the_file(tmp_path: Path)
     lines[80] = "80,oops"
     path = tmp_path / "t.csv"
     path.write_text("\n".join(lines) + "\n")
+    options = TableOptions()  # b, the last column, is the target: it must be numeric
+
+    def share(rank: int) -> TextFile:
+        return shard_text(open_text(str(path), None), World(rank=rank, size=2).shard)
+
     with pytest.raises(DataError, match=r"line 81, column 2 \(b\): 'oops' is not a number"):
-        read_table(path, shard=World(rank=1, size=2).shard)
-    read_table(path, shard=World(rank=0, size=2).shard)  # rank 0's rows are fine
+        read_text_table(share(1), options)
+    first = read_text_table(share(0), options)  # rank 0's rows (its share of bytes) are fine
+    np.testing.assert_array_equal(first.X[:, 0], np.arange(len(first.X)))
+    np.testing.assert_array_equal(first.y, 2 * first.X[:, 0])
 
 
 def test_an_interrupted_torchrun_job_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
