@@ -47,6 +47,7 @@ DELIMITERS = {"csv": ",", "tsv": "\t"}
 # takes .gz and .bz2 too; .zst needs pyarrow, Python's zstd module being 3.14+)
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 STDIN = "-"
+MAGIC = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".zst": b"\x28\xb5\x2f\xfd"}  # stdin's
 ARROW_BLOCK_BYTES = 16 << 20  # pyarrow's streaming reader: bytes of text a batch
 PYTHON_BATCH_ROWS = 1 << 16
 
@@ -86,9 +87,14 @@ class TextFile:
             return gzip.open(self.path, "rb")  # type: ignore[return-value]
         if self.compression == ".bz2":
             return bz2.open(self.path, "rb")
+        if _arrow() is not None:
+            import pyarrow as pa
+
+            stream: IO[bytes] = pa.input_stream(str(self.path), compression="zstd")
+            return stream
         raise DataError(
             f"{self.label}: reading {self.compression} files needs pyarrow "
-            "(pip install 'linreg-torch-cli[parquet]')"
+            "(pip install 'linreg-torch-cli[csv]')"
         )
 
     def close(self) -> None:
@@ -134,8 +140,8 @@ def open_text(path: str, fmt: str | None) -> TextFile:
 
 
 def _spool_stdin(delimiter: str) -> TextFile:
-    """stdin copied to a temporary file (gzip-compressed input is recognised by its magic
-    bytes); the copy is removed by ``TextFile.close``."""
+    """stdin copied to a temporary file (gzip, bzip2 and zstd input is recognised by its
+    magic bytes); the copy is removed by ``TextFile.close``."""
     source = sys.stdin.buffer
     fd, name = tempfile.mkstemp(prefix="linreg-stdin-", suffix=".txt")
     try:
@@ -147,12 +153,13 @@ def _spool_stdin(delimiter: str) -> TextFile:
         raise DataError(f"<stdin>: cannot be copied to a temporary file ({exc.strerror})") from exc
     path = Path(name)
     with path.open("rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
+        magic = handle.read(4)
+    compression = next((c for c, m in MAGIC.items() if magic.startswith(m)), None)
     return TextFile(
         label="<stdin>",
         path=path,
         delimiter=delimiter,
-        compression=".gz" if gzipped else None,
+        compression=compression,
         spooled=True,
     )
 

@@ -71,6 +71,28 @@ BATCH = ["--samples", "2000", "--features", "2", "--batch-size", "100", "--epoch
 BATCH += ["--no-plot", "-q", "--tol", "0", "--dtype", "float64"]
 
 
+def write_shop_table(path: Path) -> Path:
+    """A table whose second half (rank 1's share, under 2 processes) holds what the first
+    does not: a level of ``region`` ('rare'), text in ``zone`` (numbers before), and the
+    missing cells of ``x``. The ranks must agree on the levels and the fill value."""
+    rng = np.random.default_rng(9)
+    n = 1001
+    region = np.where(np.arange(n) < 600, rng.choice(["north", "south"], n), "")
+    late = rng.choice(["north", "south", "east", "rare"], n, p=[0.3, 0.3, 0.3, 0.1])
+    region = np.where(region == "", late, region)
+    zone = [str(v) for v in rng.integers(1, 4, 500)] + list(rng.choice(["1", "2", "A"], n - 500))
+    x = rng.normal(size=n)
+    effect = {"north": 0.0, "south": 1.0, "east": -1.0, "rare": 2.0}
+    y = 1 + 2 * x + np.array([effect[r] for r in region]) + 0.1 * rng.normal(size=n)
+    cells = [repr(float(v)) for v in x]
+    for i in range(950, 956):
+        cells[i] = ""
+    lines = ["region,zone,x,y"]
+    lines += [f"{region[i]},{zone[i]},{cells[i]},{float(y[i])!r}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cwd = tmp_path_factory.mktemp("distributed")
@@ -86,7 +108,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     rows = np.load(data).tolist()
     table.write_text("a,b,c,y\n" + "".join(",".join(map(repr, row)) + "\n" for row in rows))
     csv_args = ["--data", table, "--dtype", "float64", "--no-plot", "-q"]
+    shop = write_shop_table(cwd / "shop.csv")
+    shop_args = ["--data", shop, "--missing", "mean", "--dtype", "float64", "--no-plot", "-q"]
     jobs = {
+        "shop1": lambda: run_linreg("train", *shop_args, "--out", cwd / "shop1", cwd=cwd),
+        "shop2": lambda: torchrun("train", *shop_args, "--out", cwd / "shop2", cwd=cwd),
         "csv1": lambda: run_linreg("train", *csv_args, "--out", cwd / "csv1", cwd=cwd),
         "csv2": lambda: torchrun("train", *csv_args, "--out", cwd / "csv2", cwd=cwd),
         "single": lambda: run_linreg("train", *FULL, "--out", cwd / "single", cwd=cwd),
@@ -191,6 +217,23 @@ def test_csv_shards_by_byte_range_give_the_single_process_result(runs: dict[str,
 
 @pytest.mark.parametrize("header", [True, False])
 @pytest.mark.parametrize("trailing_newline", [True, False])
+def test_categorical_levels_and_fills_are_agreed_across_ranks(runs: dict[str, Any]) -> None:
+    """A level, a text cell and the missing cells that only rank 1 reads: torchrun's model
+    has the single process's columns, levels, fill values and parameters."""
+    expect_exit(runs["shop1"], 0)
+    expect_exit(runs["shop2"], 0)
+    one, two = metrics(runs["cwd"] / "shop1"), metrics(runs["cwd"] / "shop2")
+    assert "region=rare" in one["data"]["feature_names"]
+    assert "zone=A" in one["data"]["feature_names"] and "missing(x)" in one["data"]["feature_names"]
+    assert two["data"]["feature_names"] == one["data"]["feature_names"]
+    assert two["data"]["columns"][:2] == one["data"]["columns"][:2]  # levels, references
+    fill_one, fill_two = one["data"]["columns"][2]["fill"], two["data"]["columns"][2]["fill"]
+    assert fill_two == pytest.approx(fill_one, rel=1e-12)
+    assert two["data"]["samples"] == one["data"]["samples"] == 1001
+    np.testing.assert_allclose(two["params"]["weight"], one["params"]["weight"], rtol=1e-9)
+    assert two["params"]["bias"] == pytest.approx(one["params"]["bias"], rel=1e-9)
+
+
 def test_csv_byte_shards_partition_the_rows(
     tmp_path: Path, header: bool, trailing_newline: bool
 ) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import (
     TrainRun,
@@ -496,7 +497,17 @@ def streams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         return job
 
     np.save(cwd / "x.npy", np.column_stack([table["x"], table["y"]]))
+    text = csv_path.read_bytes()
+    zst = pa.compress(text, codec="zstd", asbytes=True)
+    (cwd / "shop.csv.zst").write_bytes(zst)
+    xy = write_shop(cwd / "xy.csv", {"x": table["x"], "y": table["y"]})
+    batches = ("--batch-size", "32", "--epochs", "5", "--dtype", "float64", "--no-plot")
     jobs = {
+        "batch_csv": train_job(cwd, "batch_csv", "--data", xy, *batches),
+        "batch_npy": train_job(cwd, "batch_npy", "--data", cwd / "x.npy", *batches),
+        "zst": train_job(cwd, "zst", "--data", cwd / "shop.csv.zst", *args),
+        "stdin_zst": stdin_job("stdin_zst", zst),
+        "stdin_bz2": stdin_job("stdin_bz2", bz2.compress(text)),
         "file": train_job(cwd, "file", "--data", csv_path, *args),
         "stdin": stdin_job("stdin", csv_path.read_bytes()),
         "stdin_tsv": stdin_job("stdin_tsv", tsv_path.read_bytes(), "--format", "tsv"),
@@ -524,6 +535,25 @@ def test_stdin_trains_as_the_file(streams: dict[str, Any]) -> None:
     assert result.returncode == 0, result.stderr
     params = json.loads((out / "metrics.json").read_text())["params"]
     np.testing.assert_array_equal([*params["weight"], params["bias"]], file)
+
+
+def test_mini_batches_of_a_csv_file_train_as_the_same_npy_file(streams: dict[str, Any]) -> None:
+    """The staged copy of a CSV holds the numbers a .npy of them holds: the same model, bit
+    for bit, and the same history."""
+    csv, npy = streams["runs"]["batch_csv"].ok(), streams["runs"]["batch_npy"].ok()
+    np.testing.assert_array_equal(coefficients(csv), coefficients(npy))
+    assert (csv.out / "history.csv").read_text() == (npy.out / "history.csv").read_text()
+
+
+def test_compressed_files_and_stdin_train_as_the_plain_file(streams: dict[str, Any]) -> None:
+    """.csv.zst by name, and zstd or bzip2 on stdin (known by their magic bytes)."""
+    file = coefficients(streams["runs"]["file"].ok())
+    np.testing.assert_array_equal(coefficients(streams["runs"]["zst"].ok()), file)
+    for name in ("stdin_zst", "stdin_bz2"):
+        result, out = streams["runs"][name]
+        assert result.returncode == 0, result.stderr
+        params = json.loads((out / "metrics.json").read_text())["params"]
+        np.testing.assert_array_equal([*params["weight"], params["bias"]], file)
 
 
 def test_without_pyarrow_the_csv_module_reads_the_same_table(streams: dict[str, Any]) -> None:
