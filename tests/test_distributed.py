@@ -215,8 +215,6 @@ def test_csv_shards_by_byte_range_give_the_single_process_result(runs: dict[str,
     np.testing.assert_allclose(two["params"]["weight"], one["params"]["weight"], rtol=1e-9)
 
 
-@pytest.mark.parametrize("header", [True, False])
-@pytest.mark.parametrize("trailing_newline", [True, False])
 def test_categorical_levels_and_fills_are_agreed_across_ranks(runs: dict[str, Any]) -> None:
     """A level, a text cell and the missing cells that only rank 1 reads: torchrun's model
     has the single process's columns, levels, fill values and parameters."""
@@ -234,6 +232,8 @@ def test_categorical_levels_and_fills_are_agreed_across_ranks(runs: dict[str, An
     assert two["params"]["bias"] == pytest.approx(one["params"]["bias"], rel=1e-9)
 
 
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("trailing_newline", [True, False])
 def test_csv_byte_shards_partition_the_rows(
     tmp_path: Path, header: bool, trailing_newline: bool
 ) -> None:
