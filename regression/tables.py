@@ -39,6 +39,7 @@ from typing import IO, Any
 import numpy as np
 
 from .config import MAX_LEVELS, MISSING_POLICIES, NA_VALUES
+from .data import release
 from .errors import DataError
 
 UNKNOWN_POLICIES = ("error", "zero")  # predict --unknown-level
@@ -1191,6 +1192,7 @@ def _spill(
         count = part.X.shape[0]
         out[filled : filled + count, :-1] = part.X
         out[filled : filled + count, -1] = part.y
+        release(out, filled, filled + count)  # written: out of this process's memory
         filled += count
         first += len(batch[0])
         dropped += part.dropped
