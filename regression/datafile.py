@@ -25,6 +25,7 @@ from .tables import (
     Batch,
     Header,
     TableOptions,
+    column_index,
     encode_columns,
     merge_profiles,
     numeric_batch,
@@ -303,28 +304,10 @@ def select_target(table: Table, target: str | None) -> Dataset:
 
 
 def target_index(table: Table, target: str | None) -> int:
-    names = table.column_names()
     if target is None:
         return table.columns - 1
-    if table.names is not None and target in table.names:
-        return table.names.index(target)
-    try:
-        index = int(target)
-    except ValueError:
-        if table.names is None:
-            raise DataError(
-                f"--target {target!r}: {table.path} has no header row, so columns are chosen "
-                f"by 0-based index, 0 to {table.columns - 1}"
-            ) from None
-        raise DataError(
-            f"--target {target!r} is not a column of {table.path}; columns: {', '.join(names)}"
-        ) from None
-    if not -table.columns <= index < table.columns:
-        raise DataError(
-            f"--target {index} is out of range: {table.path} has {table.columns} columns "
-            f"(0 to {table.columns - 1})"
-        )
-    return index % table.columns
+    header = Header(names=table.names, width=table.columns)
+    return column_index(header, str(table.path), "--target", target)
 
 
 def load_dataset(
