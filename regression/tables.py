@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -49,7 +49,12 @@ DELIMITERS = {"csv": ",", "tsv": "\t"}
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 STDIN = "-"
 MAGIC = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".zst": b"\x28\xb5\x2f\xfd"}  # stdin's
-ARROW_BLOCK_BYTES = 16 << 20  # pyarrow's streaming reader: bytes of text a batch
+# bytes of text a batch of pyarrow's streaming reader: it parses about 20 ahead, so this
+# bounds the memory of a streamed read (16 MB blocks: about 300 MB held; 1 MB: 40 MB)
+ARROW_BLOCK_BYTES = 1 << 20
+# its multi-threaded whole-file reader: a batch (about 40,000 rows of 8 numbers) is encoded
+# while it is in cache, into the feature matrix, and then let go
+ARROW_WHOLE_BLOCK_BYTES = 4 << 20
 PYTHON_BATCH_ROWS = 1 << 16
 
 
@@ -331,7 +336,7 @@ def _arrow_batches(
     read = arrow_csv.ReadOptions(
         column_names=names,
         skip_rows=header.line,  # pyarrow counts blank lines too
-        block_size=ARROW_BLOCK_BYTES,
+        block_size=ARROW_WHOLE_BLOCK_BYTES if whole else ARROW_BLOCK_BYTES,
         use_threads=True,
     )
     parse = arrow_csv.ParseOptions(delimiter=file.delimiter, invalid_row_handler=_blank_row)
@@ -351,18 +356,17 @@ def _arrow_batches(
             else pa.input_stream(str(file.path), compression=codec)
         )
         with stream:
-            if whole:
+            if whole:  # parsed at once, handed out a record batch at a time
                 table = arrow_csv.read_csv(
                     stream, read_options=read, parse_options=parse, convert_options=convert
                 )
-                if table.num_rows:
-                    yield _without_empty_rows(
-                        [_arrow_column(table.column(j), j in text) for j in range(header.width)]
-                    )
-                return
-            reader = arrow_csv.open_csv(
-                stream, read_options=read, parse_options=parse, convert_options=convert
-            )
+                stack = table.to_batches()[::-1]
+                del table  # each batch's memory goes when its consumer lets it go
+                reader: Iterable[Any] = _popping(stack)
+            else:
+                reader = arrow_csv.open_csv(
+                    stream, read_options=read, parse_options=parse, convert_options=convert
+                )
             for batch in reader:
                 if batch.num_rows:
                     yield _without_empty_rows(
@@ -378,6 +382,12 @@ def _arrow_batches(
         raise DataError(f"{file.label}: malformed CSV: {exc}") from None
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{file.label}: cannot read: {exc}") from None
+
+
+def _popping(stack: list[Any]) -> Iterator[Any]:
+    """The items of ``stack`` from its end, each dropped from it as it is handed out."""
+    while stack:
+        yield stack.pop()
 
 
 def _blank_row(row: Any) -> str:
@@ -903,13 +913,16 @@ def encode_batch(
     target: int | None,
     unknown: str = "error",
     keep_rows: bool = False,
+    out: np.ndarray | None = None,
 ) -> Encoded:
     """The feature rows (float64) of a batch, and its target when ``target`` (a column of
     the batch) is given. CellProblem for a missing cell under ``--missing error`` or an
     unseen level (unless ``unknown`` is zero). ``keep_rows`` (predict): rows with a missing
-    cell under drop stay, as NaN rows, and ``kept`` says which."""
+    cell under drop stay, as NaN rows, and ``kept`` says which. ``out`` (batch rows x
+    features) is written in place of a new array; the result's X is it unless rows were
+    dropped."""
     n = len(batch[0])
-    X = np.zeros((n, encoding.features), dtype=np.float64)
+    X = np.empty((n, encoding.features), dtype=np.float64) if out is None else out
     drop = np.zeros(n, dtype=bool)
     unseen = 0
     problems: list[CellProblem] = []  # the first of each column; the file's first is raised
@@ -948,6 +961,7 @@ def encode_batch(
                 unseen += int(strange.sum())
             hot = codes >= 0
             rows = np.flatnonzero(hot)
+            X[:, offset : offset + width] = 0.0
             X[rows, offset + codes[hot]] = 1.0
         else:
             values_f = column if column.dtype != object else _numbers(column, coding, first_row)
@@ -1105,7 +1119,7 @@ def read_text_table(
 
     Without ``spill`` the file is parsed once, in memory. With it (bounded memory: mini-
     batches of a large file) it is streamed twice, once to learn the columns and once to
-    encode them into the array ``spill(rows, columns)`` returns (a memory-mapped file).
+    encode them into the arrays ``spill(rows, columns)`` returns (memory-mapped files).
     ``merge`` (torchrun) turns this rank's profiles into everyone's."""
     header = read_header(file)
     columns = choose_columns(header, file.label, options.target, options.features, options.exclude)
@@ -1136,30 +1150,11 @@ def read_text_table(
             raise DataError(f"{file.label}: has a header but no data rows")
         encoding = fit_encoding(header, file.label, columns, profiles, options)
         if spill is None:
-            parts = []
-            first = 0
-            for batch in held:
-                parts.append(encode_batch(encoding, batch, first, target=columns.target))
-                first += len(batch[0])
-            held.clear()
-            X = (
-                parts[0].X
-                if len(parts) == 1
-                else np.concatenate([p.X for p in parts])
-                if parts
-                else np.zeros((0, encoding.features))
-            )
-            y_parts = [p.y for p in parts if p.y is not None]
-            y = (
-                y_parts[0]
-                if len(y_parts) == 1
-                else np.concatenate(y_parts)
-                if y_parts
-                else np.zeros(0)
-            )
-            dropped = sum(p.dropped for p in parts)
+            held.reverse()  # handed out from the end: each batch let go once encoded
+            X, y, dropped = encode_all(encoding, _popping(held), columns.target, rows)
         else:
-            X, y, dropped = _spill(file, header, text, encoding, columns, options, rows, spill)
+            stream = batches(file, header, text, options.na_values, whole=False)
+            X, y, dropped = encode_all(encoding, stream, columns.target, rows, allocate=spill)
     except CellProblem as problem:
         locate_problem(file, header, problem, options.na_values)
         raise AssertionError("unreachable") from None
@@ -1172,34 +1167,35 @@ def _holding(stream: Iterator[Batch], held: list[Batch]) -> Iterator[Batch]:
         yield batch
 
 
-def _spill(
-    file: TextFile,
-    header: Header,
-    text: set[int],
+def encode_all(
     encoding: Encoding,
-    columns: Columns,
-    options: TableOptions,
+    stream: Iterable[Batch],
+    target: int,
     rows: int,
-    spill: Callable[[int, int], np.ndarray],
+    *,
+    allocate: Callable[[int, int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """The second pass: encode each batch into the spill array (features, then the target,
-    a row each), the dropped rows left out."""
-    out = spill(rows, encoding.features + 1)
+    """The features (C-contiguous) and the target of the batches of ``rows`` rows, each
+    batch encoded straight into its rows of the arrays ``allocate(rows, columns)`` makes
+    (default: in memory); the dropped rows left out. A memory-mapped array's pages are
+    given back as they are written, so memory stays at a batch."""
+    make = allocate or (lambda n, d: np.empty((n, d), dtype=np.float64))
+    X, y = make(rows, encoding.features), make(rows, 1)[:, 0]
     filled = first = dropped = 0
-    for batch in batches(file, header, text, options.na_values, whole=False):
-        part = encode_batch(encoding, batch, first, target=columns.target)
+    for batch in stream:
+        n = len(batch[0])  # room: filled <= first, and the batches hold ``rows`` in all
+        part = encode_batch(encoding, batch, first, target=target, out=X[filled : filled + n])
         assert part.y is not None
         count = part.X.shape[0]
-        out[filled : filled + count, :-1] = part.X
-        out[filled : filled + count, -1] = part.y
-        release(out, filled, filled + count)  # written: out of this process's memory
+        if part.dropped:  # a compacted copy
+            X[filled : filled + count] = part.X
+        y[filled : filled + count] = part.y
+        release(X, filled, filled + count)  # written: out of this process's memory
+        release(y, filled, filled + count)
         filled += count
-        first += len(batch[0])
+        first += n
         dropped += part.dropped
-    if hasattr(out, "flush"):
-        out.flush()
-    out = out[:filled]
-    return out[:, :-1], out[:, -1], dropped
+    return X[:filled], y[:filled], dropped
 
 
 def numeric_batch(values: np.ndarray) -> Batch:
