@@ -55,6 +55,8 @@ ARROW_BLOCK_BYTES = 1 << 20
 # its multi-threaded whole-file reader: a batch (about 40,000 rows of 8 numbers) is encoded
 # while it is in cache, into the feature matrix, and then let go
 ARROW_WHOLE_BLOCK_BYTES = 4 << 20
+HUGE_ARRAY_BYTES = 64 << 20  # a feature matrix this large is put in huge pages
+MAX_ENCODE_THREADS = 8
 PYTHON_BATCH_ROWS = 1 << 16
 
 
@@ -1161,6 +1163,21 @@ def read_text_table(
     return TableRead(X=X, y=y, encoding=encoding, dropped=dropped, rows=rows)
 
 
+def _fresh_array(rows: int, columns: int) -> np.ndarray:
+    """A new float64 (rows, columns) array; a large one in huge pages where the kernel
+    offers them (madvise), which cuts the cost of its first touch (page faults)."""
+    import mmap
+
+    size = rows * columns * 8
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if size < HUGE_ARRAY_BYTES or advice is None or os.environ.get("NOHUGE"):
+        return np.empty((rows, columns), dtype=np.float64)
+    memory = mmap.mmap(-1, size)
+    with contextlib.suppress(OSError):
+        memory.madvise(advice)
+    return np.frombuffer(memory, dtype=np.float64).reshape(rows, columns)
+
+
 def _holding(stream: Iterator[Batch], held: list[Batch]) -> Iterator[Batch]:
     for batch in stream:
         held.append(batch)
@@ -1177,25 +1194,56 @@ def encode_all(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """The features (C-contiguous) and the target of the batches of ``rows`` rows, each
     batch encoded straight into its rows of the arrays ``allocate(rows, columns)`` makes
-    (default: in memory); the dropped rows left out. A memory-mapped array's pages are
-    given back as they are written, so memory stays at a batch."""
-    make = allocate or (lambda n, d: np.empty((n, d), dtype=np.float64))
-    X, y = make(rows, encoding.features), make(rows, 1)[:, 0]
-    filled = first = dropped = 0
-    for batch in stream:
-        n = len(batch[0])  # room: filled <= first, and the batches hold ``rows`` in all
-        part = encode_batch(encoding, batch, first, target=target, out=X[filled : filled + n])
+    (default: in memory, the batches encoded on every core); the dropped rows left out. A
+    memory-mapped array's pages are given back as they are written, so memory stays at a
+    batch."""
+    X = (allocate or _fresh_array)(rows, encoding.features)
+    y = (allocate or _fresh_array)(rows, 1)[:, 0]
+    filled = dropped = 0
+    parts = _encoded(encoding, stream, target, X, threads=allocate is None)
+    for first, part in parts:  # in file order: the first bad batch raises
         assert part.y is not None
         count = part.X.shape[0]
-        if part.dropped:  # a compacted copy
+        if part.dropped or filled != first:  # compacted: the rows before are all written
             X[filled : filled + count] = part.X
         y[filled : filled + count] = part.y
         release(X, filled, filled + count)  # written: out of this process's memory
         release(y, filled, filled + count)
         filled += count
-        first += n
         dropped += part.dropped
     return X[:filled], y[:filled], dropped
+
+
+def _encoded(
+    encoding: Encoding, stream: Iterable[Batch], target: int, X: np.ndarray, *, threads: bool
+) -> Iterator[tuple[int, Encoded]]:
+    """(first row, encoded batch) of each batch, in order, each encoded into its own rows
+    of X: on the process's worker threads (one a core, a few batches ahead) when
+    ``threads``, else one at a time here."""
+    from .threads import background
+
+    workers = min(os.cpu_count() or 1, MAX_ENCODE_THREADS) if threads else 1
+    pending: list[tuple[int, Any]] = []
+    first = 0
+    for batch in stream:
+        n = len(batch[0])
+        if workers == 1:
+            yield first, _encode_into(encoding, batch, first, target, X)
+        else:
+            work = background(_encode_into, encoding, batch, first, target, X, workers=workers)
+            pending.append((first, work))
+            if len(pending) > 2 * workers:
+                at, future = pending.pop(0)
+                yield at, future.result()
+        first += n
+    for at, future in pending:
+        yield at, future.result()
+
+
+def _encode_into(
+    encoding: Encoding, batch: Batch, first: int, target: int, X: np.ndarray
+) -> Encoded:
+    return encode_batch(encoding, batch, first, target=target, out=X[first : first + len(batch[0])])
 
 
 def numeric_batch(values: np.ndarray) -> Batch:

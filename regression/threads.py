@@ -75,10 +75,12 @@ def _shared_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
         return _executor
 
 
-def background(function: Callable[..., T], *args: object) -> concurrent.futures.Future[T]:
-    """``function(*args)`` on one of the process's worker threads; the future gives its
-    result (or raises its exception)."""
-    return _shared_executor(1).submit(function, *args)
+def background(
+    function: Callable[..., T], *args: object, workers: int = 1
+) -> concurrent.futures.Future[T]:
+    """``function(*args)`` on one of the process's worker threads (at least ``workers`` of
+    them are started); the future gives its result (or raises its exception)."""
+    return _shared_executor(workers).submit(function, *args)
 
 
 def scratch(size: int, dtype: np.dtype | type = np.float64, slot: str = "") -> np.ndarray:
