@@ -137,7 +137,10 @@ def test_whitening_reaches_least_squares_whatever_the_conditioning(target: float
     condition = condition_numbers(result.ols)[1]
     assert condition is not None and target < condition < 10 * target
     assert len(result.history) <= 50 and result.converged
-    assert result.optimality_gap is not None and result.optimality_gap < 1e-9
+    # at rounding level: 1e-9, or eps cond where that is larger (the whitening transform is
+    # as accurate as the factor it comes from; measured 1.6e-8 at cond 2e9 on an AVX-512 CPU)
+    gap_rounding = max(1e-9, np.finfo(np.float64).eps * condition)
+    assert result.optimality_gap is not None and result.optimality_gap < gap_rounding
     weight, bias = lstsq(data)
     predicted = data.X @ result.params.weight + result.params.bias
     reference = data.X @ weight + bias
