@@ -296,6 +296,16 @@ def train(
             rich_help_panel=TRAINING,
         ),
     ] = DEFAULTS.checkpoint_every,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="MODEL",
+            help="Start from this model file's parameters (same feature names) instead of "
+            "zeros: a warm start from yesterday's model.",
+            show_default=False,
+            rich_help_panel=TRAINING,
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -538,6 +548,123 @@ def predict(
 
 
 @app.command()
+def update(
+    model: Annotated[
+        Path, typer.Argument(help="The model to fold new rows into (from linreg train or update).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="The new rows, with the model's columns and target: .csv, .tsv (also .gz, "
+            ".bz2, .zst), .npy, .npz or .parquet; - reads CSV from stdin.",
+            show_default=False,
+        ),
+    ],
+    target: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COL",
+            help="Target column (name or 0-based index) [default: the model's target name].",
+            show_default=False,
+        ),
+    ] = None,
+    data_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="csv or tsv, where the name of --data cannot tell (- for stdin: csv).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory [default: a new runs/<UTC time>].", show_default=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Allow a non-empty --out; its files are replaced.")
+    ] = False,
+    epochs: Annotated[int, typer.Option(help="Most epochs (>= 1).")] = DEFAULTS.epochs,
+    tol: Annotated[float, typer.Option(help="Stopping tolerance (>= 0).")] = DEFAULTS.tol,
+    patience: Annotated[
+        int, typer.Option(help="Epochs in a row below --tol to stop (>= 1).")
+    ] = DEFAULTS.patience,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure path (of the new rows); .png, .svg or .pdf [default: DIR/plot.png].",
+            show_default=False,
+        ),
+    ] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not draw the figure.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print only the metrics JSON on stdout.")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print nothing unless there is an error or no convergence."
+        ),
+    ] = False,
+    require_converged: Annotated[
+        bool, typer.Option("--require-converged", help="Exit 3 when training did not converge.")
+    ] = False,
+    summary: Annotated[
+        bool, typer.Option("--summary", help="Print the coefficient table (std err, t, p, CI).")
+    ] = False,
+    confidence: Annotated[
+        float, typer.Option(help="Confidence level of the intervals, in (0, 1).")
+    ] = 0.95,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+) -> None:
+    """Fold new rows into a model's exact least-squares fit, without the old rows.
+
+    The new run's least-squares reference, statistics and standardization are those of
+    every row seen so far (the model file carries their least-squares state), and nn.Linear
+    starts from the model's parameters and trains on that state (float64, full batch, CPU).
+    The rows are encoded as the model's were (its columns, levels and fill values).
+    """
+    DEBUG.requested = DEBUG.requested or debug
+    if not 0 < confidence < 1:
+        raise ConfigError("confidence", "must be in (0, 1)", confidence)
+    if require_converged and tol == 0:
+        raise ConfigError(
+            "require_converged", "needs --tol > 0 (--tol 0 runs every epoch, never converges)", None
+        )
+    if plot is not None and no_plot:
+        raise ConfigError("plot", "cannot be combined with --no-plot", str(plot))
+    config = TrainConfig(
+        data="-" if str(data) == "-" else str(data.resolve()),
+        target=target,
+        format=data_format,
+        epochs=epochs,
+        tol=tol,
+        patience=patience,
+        device="cpu",
+        dtype="float64",
+        init_model=str(model.resolve()),
+    )
+    from .train_command import run_train
+
+    run_train(
+        config,
+        out=out,
+        overwrite=overwrite,
+        resume=False,
+        plot=None if no_plot else plot,
+        draw=not no_plot,
+        json_output=json_output,
+        quiet=quiet,
+        require_converged=require_converged,
+        log_file=None,
+        summary=summary,
+        confidence=confidence,
+        update=True,
+    )
+
+
+@app.command()
 def generate(
     out: Annotated[
         Path, typer.Option(help="File to write: .csv, .tsv, .npy or .npz.", show_default=False)
@@ -624,6 +751,9 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
         device=values["device"],
         dtype=values["dtype"],
         checkpoint_every=values["checkpoint_every"],
+        init_model=None
+        if values["init_model"] is None
+        else str(Path(values["init_model"]).resolve()),
     )
 
 
@@ -719,7 +849,7 @@ def _shown(value: Any) -> str:
     return str(value) if isinstance(value, int | float) else repr(value)
 
 
-COMMANDS = ("train", "predict", "generate")
+COMMANDS = ("train", "predict", "update", "runs", "compare", "generate")
 
 
 def usage_message(message: str, args: list[str]) -> str:

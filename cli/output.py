@@ -145,10 +145,19 @@ def summary_lines(metrics: dict[str, Any], run_dir: Path, plot: Path | None) -> 
     """The human summary of a run: parameters side by side, fit, epochs, time, files."""
     data = metrics["data"]
     source = "synthetic data" if data["source"] == "synthetic" else data["source"]
-    lines = [
-        f"trained nn.Linear on {source}: {plural(data['train_samples'], 'sample')}, "
-        f"{plural(data['features'], 'feature')}, on {metrics['device']} in {metrics['dtype']}",
-    ]
+    if metrics.get("update"):
+        lines = [
+            f"updated {metrics['parent']['path']} with {plural(data['new_samples'], 'row')} of "
+            f"{source}: {plural(data['train_samples'], 'sample')} in all, "
+            f"{plural(data['features'], 'feature')}, on {metrics['device']} in {metrics['dtype']}",
+        ]
+    else:
+        lines = [
+            f"trained nn.Linear on {source}: {plural(data['train_samples'], 'sample')}, "
+            f"{plural(data['features'], 'feature')}, on {metrics['device']} in {metrics['dtype']}",
+        ]
+        if metrics.get("parent"):
+            lines.append(f"started from {metrics['parent']['path']}")
     names = ["intercept", *data["feature_names"]]
     columns: list[tuple[str, dict[str, Any] | None]] = [
         ("learned", metrics["params"]),

@@ -68,6 +68,7 @@ SETTINGS = [
     Setting("device", "device", "str"),
     Setting("dtype", "dtype", "str"),
     Setting("checkpoint_every", "checkpoint_every", "int"),
+    Setting("init_model", "init_model", "path"),
     Setting("out", "out", "path"),
     Setting("overwrite", "overwrite", "bool"),
     Setting("plot", "plot", "path"),

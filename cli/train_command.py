@@ -40,8 +40,10 @@ def run_train(
     log_file: Path | None,
     summary: bool,
     confidence: float,
+    update: bool = False,
 ) -> None:
-    """Everything that can be refused is checked before training starts.
+    """Everything that can be refused is checked before training starts. ``update``: linreg
+    update (see pipeline.run_training).
 
     Under torchrun, rank 0 does all of this; the other ranks only train their shard and
     write and print nothing (unless they fail).
@@ -58,7 +60,8 @@ def run_train(
     config_path = run.path / artifacts.CONFIG_FILE
     try:
         # first, so that an interrupted run can be resumed with the same options
-        artifacts.write_text(config_path, to_toml(config.to_dict()))
+        header = UPDATE_HEADER.format(model=config.init_model) if update else ""
+        artifacts.write_text(config_path, header + to_toml(config.to_dict()))
         not_converged = _train_and_write(
             config,
             run_dir=run.path,
@@ -71,6 +74,7 @@ def run_train(
             log=log,
             summary=summary,
             confidence=confidence,
+            update=update,
         )
     except BaseException as exc:
         if log is not None and isinstance(exc, RegressionError | Interrupted):
@@ -92,6 +96,14 @@ def run_train(
             log.close()
     if not_converged is not None:  # exit 3, once the run directory is complete
         raise NotConvergedError(not_converged)
+
+
+# config.toml of an update run: its options, and that `train --config` does not repeat it
+UPDATE_HEADER = (
+    "# written by `linreg update {model}`: the new rows were folded into that model's\n"
+    "# least-squares state; `linreg train --config` with this file warm-starts from it on\n"
+    "# the new rows alone, and `linreg update` repeats the update\n"
+)
 
 
 def _train_other_rank(config: TrainConfig, *, run_dir: Path | None, resume: bool) -> None:
@@ -120,8 +132,10 @@ def _train_and_write(
     log: output.LogFile | None,
     summary: bool,
     confidence: float,
+    update: bool = False,
 ) -> str | None:
     from regression.distributed import from_environment
+    from regression.metrics import FitState
     from regression.pipeline import run_training
     from regression.report import metrics_document
     from regression.statistics import interval_basis
@@ -137,6 +151,7 @@ def _train_and_write(
                 resume=resume,
                 should_stop=STOP,
                 world=world,
+                update=update,
             )
     except TrainingStopped as stopped:
         assert STOP.received is not None
@@ -183,6 +198,7 @@ def _train_and_write(
             precondition=precondition.name,
             scaling_transform=result.scaling.transform,
             encoding=None if result.data.encoding is None else result.data.encoding.to_json(),
+            state=FitState.of(result.ols),
         ),
     )
     artifacts.write_history(run_dir / artifacts.HISTORY_FILE, result.history, result.val_history)

@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
 from .errors import ModelFileError, OutputError, OutputExistsError
+
+if TYPE_CHECKING:
+    from .metrics import FitState
 
 MODEL_FORMAT = "linreg-model"
 MODEL_FORMAT_VERSION = "1"
@@ -226,6 +229,9 @@ class ModelFile:
     # how the training table's columns became the features (tables.Encoding as JSON: the
     # columns, categorical levels, fill values); None for a file's numbers as they are
     encoding: str | None = None
+    # the least-squares state of every row the model has seen (linreg update folds new rows
+    # into it); None in files from before it
+    state: FitState | None = None
 
     @property
     def preconditioner(self) -> str:
@@ -249,6 +255,7 @@ _TENSORS = ("weight", "bias", "scaling.mean", "scaling.scale", "linear.weight", 
 # present together, or not at all (intervals undefined, or a file from before they existed)
 _INTERVAL_TENSORS = ("ols.r", "ols.x_mean", "ols.sigma")
 _INTERVAL_METADATA = ("ols_samples", "ols_df_resid", "confidence")
+_STATE_TENSORS = ("state.mean", "state.factor")
 
 
 def model_bytes(model: ModelFile) -> bytes:
@@ -275,6 +282,10 @@ def model_bytes(model: ModelFile) -> bytes:
         tensors["ols.x_mean"] = model.intervals.x_mean
         tensors["ols.sigma"] = np.array([model.intervals.sigma])
         names = (*names, *_INTERVAL_TENSORS)
+    if model.state is not None:
+        tensors["state.mean"] = model.state.mean
+        tensors["state.factor"] = model.state.factor
+        names = (*names, *_STATE_TENSORS)
     tensors = {name: np.ascontiguousarray(tensors[name], dtype="<f8") for name in names}
     metadata = {
         "format": MODEL_FORMAT,
@@ -293,6 +304,8 @@ def model_bytes(model: ModelFile) -> bytes:
         metadata["ols_samples"] = str(model.intervals.samples)
         metadata["ols_df_resid"] = str(model.intervals.df_resid)
         metadata["confidence"] = repr(float(model.intervals.confidence))
+    if model.state is not None:
+        metadata["state_samples"] = str(model.state.samples)
     return safetensors_bytes(tensors, metadata)
 
 
@@ -413,7 +426,10 @@ def load_model(path: Path) -> ModelFile:
         or not np.all(np.isfinite(transform))
     ):
         raise ModelFileError(f"{path}: damaged model file (tensor 'scaling.transform' wrong)")
+    state = _fit_state(path, tensors, metadata, features)
     expected_names = set(_TENSORS) | (set(_INTERVAL_TENSORS) if intervals is not None else set())
+    if state is not None:
+        expected_names |= set(_STATE_TENSORS)
     if transform is not None:
         expected_names.add("scaling.transform")
     if set(tensors) != expected_names or len(names) != features:
@@ -448,7 +464,36 @@ def load_model(path: Path) -> ModelFile:
         precondition=precondition,
         scaling_transform=transform,
         encoding=encoding,
+        state=state,
     )
+
+
+def _fit_state(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], features: int
+) -> FitState | None:
+    """The least-squares state of a model file: all of it or none (a file from before it)."""
+    from .metrics import FitState
+
+    present = [name in tensors for name in _STATE_TENSORS] + ["state_samples" in metadata]
+    if not any(present):
+        return None
+    damaged = ModelFileError(f"{path}: damaged model file (least-squares state wrong)")
+    if not all(present):
+        raise damaged
+    mean, factor = (tensors[name] for name in _STATE_TENSORS)
+    try:
+        samples = int(metadata["state_samples"])
+    except ValueError:
+        raise damaged from None
+    if (
+        mean.shape != (features + 1,)
+        or factor.shape != (features + 1, features + 1)
+        or not all(a.dtype == np.float64 and np.all(np.isfinite(a)) for a in (mean, factor))
+        or samples < 1
+        or np.any(np.tril(factor, -1) != 0)
+    ):
+        raise damaged
+    return FitState(samples=samples, mean=mean, factor=factor)
 
 
 def _interval_basis(

@@ -66,6 +66,8 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     dtype: str = "float32"  # float32 or float64
     checkpoint_every: int = 0  # save the loop state every this many epochs; 0 = never
+    # a model file whose parameters start training (same feature names), instead of zeros
+    init_model: str | None = None
 
     def __post_init__(self) -> None:
         _check_int(self, "samples", 1)
@@ -113,7 +115,7 @@ class TrainConfig:
         if self.momentum is not None:
             _check_float(self, "momentum", low=0.0, high=1.0)
         _check_float(self, "val_fraction", low=0.0, high=1.0)
-        for name in ("data", "target"):
+        for name in ("data", "target", "init_model"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(name, "must be a non-empty string", value)

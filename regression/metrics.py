@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,11 +24,12 @@ from .threads import scratch
 
 @dataclass(frozen=True)
 class Fit:
-    """How well predictions match the target: mse, rmse, mae and r2 (None for a constant target)."""
+    """How well predictions match the target: mse, rmse, mae and r2 (None for a constant
+    target; mae None where only the rows' least-squares state is known, see FitState)."""
 
     mse: float
     rmse: float
-    mae: float
+    mae: float | None
     r2: float | None
 
     def to_dict(self) -> dict[str, float | None]:
@@ -109,6 +111,14 @@ def least_squares(
     method = "cholesky"
     if factor is None:
         factor, method = _tsqr(X, y, x_mean, y_mean, world), "tsqr"
+    return solve_factor(factor, n, x_mean, y_mean, tss, method)
+
+
+def solve_factor(
+    factor: np.ndarray, n: int, x_mean: np.ndarray, y_mean: float, tss: float, method: str
+) -> LeastSquares:
+    """The least squares of the rows whose centered [X, y] has the triangular ``factor``."""
+    d = factor.shape[0] - 1
     r, z = factor[:d, :d], factor[:d, d]
     rss_tail = float(factor[d, d] ** 2)
     tiny = (
@@ -136,6 +146,69 @@ def least_squares(
         rank=rank,
         method=method,
     )
+
+
+@dataclass(frozen=True)
+class FitState:
+    """What an exact least-squares fit needs of its rows, and no more: their count, the
+    means of [X, y] and the triangular factor of the centered [X, y] (its last column the
+    target's part: ``qty`` and the residual tail). A model file carries it, so that
+    ``linreg update`` folds new rows into the fit without reading the old ones."""
+
+    samples: int
+    mean: np.ndarray  # (D + 1,): the features' means, then the target's
+    factor: np.ndarray  # (D + 1, D + 1), upper triangular
+
+    @classmethod
+    def of(cls, ls: LeastSquares) -> FitState:
+        d = ls.weight.shape[0]
+        factor = np.zeros((d + 1, d + 1))
+        factor[:d, :d] = ls.r
+        factor[:d, d] = ls.qty
+        factor[d, d] = math.sqrt(ls.rss_tail)
+        return cls(samples=ls.samples, mean=np.append(ls.x_mean, ls.y_mean), factor=factor)
+
+    @property
+    def features(self) -> int:
+        return int(self.mean.shape[0]) - 1
+
+    def merge(self, other: FitState) -> FitState:
+        """The state of both row sets together: the two factors stacked over the row that
+        moves their centres to the pooled mean (sqrt(n_a n_b / n) (mean_a - mean_b), as in
+        Chan, Golub and LeVeque's update of the moments), factored again by Householder QR,
+        so the merged factor is as accurate as a QR of all the rows."""
+        if not other.samples or not self.samples:
+            return self if not other.samples else other
+        n = self.samples + other.samples
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.samples / n)
+        shift = delta * math.sqrt(self.samples * other.samples / n)
+        stacked = np.vstack([self.factor, other.factor, shift[None, :]])
+        factor = np.asarray(np.linalg.qr(stacked, mode="r"))
+        return FitState(samples=n, mean=mean, factor=factor)
+
+    def least_squares(self) -> LeastSquares:
+        d = self.features
+        tss = float(self.factor[:, d] @ self.factor[:, d])
+        return solve_factor(
+            self.factor, self.samples, self.mean[:d], float(self.mean[d]), tss, "tsqr"
+        )
+
+    def moments(self) -> Moments:
+        """The moments of the rows (the Gram matrix from the factor: F'F)."""
+        return Moments(samples=self.samples, mean=self.mean, gram=self.factor.T @ self.factor)
+
+    def fit(self, weight: np.ndarray, bias: float) -> Fit:
+        """mse, rmse and r2 of y ~ X @ weight + bias over the rows, from the state alone
+        (the mean absolute error needs the rows: None)."""
+        d = self.features
+        gap = self.factor[:, :d] @ weight - self.factor[:, d]
+        offset = float(self.mean[:d] @ weight) + bias - float(self.mean[d])
+        rss = float(gap @ gap) + self.samples * offset**2
+        tss = float(self.factor[:, d] @ self.factor[:, d])
+        mse = rss / self.samples
+        r2 = 1.0 - rss / tss if tss > 0 else None
+        return Fit(mse=mse, rmse=math.sqrt(mse), mae=None, r2=r2)
 
 
 NORMAL_EQUATIONS_MIN_VALUES = 1 << 16  # N x (D + 1) below this, the TSQR costs < 0.5 ms

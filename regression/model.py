@@ -58,6 +58,17 @@ class Scaling:
         w = w / self.scale
         return w, float(bias) - float(w @ self.mean)
 
+    def from_data_units(self, weight: np.ndarray, bias: float) -> tuple[np.ndarray, float]:
+        """The training-unit parameters that act on x as ``weight`` and ``bias`` do (the
+        inverse of ``to_data_units``; whitened, the least-squares solution of T w = scale *
+        weight, which leaves the directions the data does not span at 0)."""
+        w = np.asarray(weight, dtype=np.float64)
+        b = float(bias) + float(w @ self.mean)
+        scaled = w * self.scale
+        if self.transform is not None:
+            scaled = np.linalg.lstsq(self.transform, scaled, rcond=None)[0]
+        return scaled, b
+
 
 # Singular values of the standardized factor below this share of the largest are treated as
 # directions the data does not span (whitening leaves them out)

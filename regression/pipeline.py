@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .artifacts import CHECKPOINT_FILE
+from .artifacts import CHECKPOINT_FILE, ModelFile, load_model
 from .batches import (
     Source,
     StandardizingSource,
@@ -35,9 +36,10 @@ from .data import (
 from .datafile import load_dataset, table_options
 from .device import resolve_device
 from .distributed import SINGLE, World
-from .errors import ConfigError
+from .errors import ConfigError, DataError, ModelFileError
 from .metrics import (
     Fit,
+    FitState,
     LeastSquares,
     least_squares,
     linear_fit,
@@ -103,6 +105,8 @@ class RunResult:
     # why training did not converge, and what to try (None when it did); also in warnings
     not_converged: str | None = None
     dropped_rows: int = 0  # rows left out for missing values, of all ranks
+    parent: Parent | None = None  # the model it started from (--init-model, update)
+    new_samples: int | None = None  # linreg update: the rows read now (the rest: the parent's)
 
     def statistics(self) -> Statistics:
         """The least-squares inference (imports SciPy, so only computed when asked for), and
@@ -142,15 +146,25 @@ def run_training(
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     world: World = SINGLE,
+    update: bool = False,
 ) -> RunResult:
     """Make or read the data, hold out a validation share, fit the rest, and measure the fit
     against the least-squares optimum.
+
+    ``config.init_model`` starts nn.Linear from that model's parameters (mapped into this
+    run's training units). ``update`` (linreg update) also folds the new rows into that
+    model's least-squares state: the reference, the statistics and the standardization are
+    those of every row seen so far, and training runs on that state (float64, full batch).
 
     With ``config.checkpoint_every`` the loop state goes to ``run_dir``'s checkpoint file
     every that many epochs and when ``should_stop`` stops it; ``resume`` continues from that
     file (refused unless it was written by this version for the same options and data).
     """
     start = time.perf_counter()
+    parent = load_parent(config.init_model, update=update) if config.init_model else None
+    if data is None and update:
+        assert parent is not None and config.data is not None
+        data = read_update_rows(parent, config)
     if data is None:
         data = (
             load_dataset(
@@ -163,8 +177,110 @@ def run_training(
             if config.data
             else synthetic(config)
         )
+    if parent is not None:
+        parent.check_features(data.feature_names)
     with single_threaded(data.X.nbytes < SMALL_DATA_BYTES):  # and the count put back
-        return _run(config, data, start, confidence, progress, run_dir, resume, should_stop, world)
+        return _run(
+            config,
+            data,
+            start,
+            confidence,
+            progress,
+            run_dir,
+            resume,
+            should_stop,
+            world,
+            parent=parent,
+            update=update,
+        )
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The model a run starts from (--init-model, linreg update): where, its SHA-256, and
+    what it holds."""
+
+    path: Path
+    sha256: str
+    model: ModelFile
+
+    def check_features(self, names: tuple[str, ...]) -> None:
+        """The data's features must be the model's, in its order (exit 2 otherwise)."""
+        mine = self.model.feature_names
+        if names == mine:
+            return
+        lost = [n for n in mine if n not in names]
+        new = [n for n in names if n not in mine]
+        parts = [f"missing from the data: {', '.join(lost)}"] if lost else []
+        parts += [f"not in the model: {', '.join(new)}"] if new else []
+        raise DataError(
+            f"{self.path} has other features than the data ("
+            + ("; ".join(parts) or f"in another order: {', '.join(mine)}")
+            + "); start from a model of the same features, or train without it"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "version": self.model.version,
+            "samples": self.model.state.samples if self.model.state is not None else None,
+        }
+
+
+def load_parent(path: str, *, update: bool) -> Parent:
+    """The model file at ``path`` (refused like any model file when it is not a complete
+    linreg model); ``update`` needs its least-squares state."""
+    import hashlib
+
+    model = load_model(Path(path))
+    if update and model.state is None:
+        raise ModelFileError(
+            f"{path} carries no least-squares state (written by linreg {model.version}, "
+            "before update existed): train a model on all rows with this version first"
+        )
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return Parent(path=Path(path), sha256=digest.hexdigest(), model=model)
+
+
+def read_update_rows(parent: Parent, config: TrainConfig) -> Dataset:
+    """The new rows of linreg update, encoded as the parent model's were (its columns,
+    levels and fill values); a row the model's --missing policy drops is left out."""
+    from .predict import read_for_model
+
+    assert config.data is not None
+    X, y, kept, _, _ = read_for_model(parent.model, config.data, config.target, fmt=config.format)
+    if y is None:
+        raise DataError(
+            f"{config.data}: has no target column {parent.model.target_name!r} "
+            "(--target names another)"
+        )
+    rows = kept & ~np.isnan(y)
+    if parent.model.encoding is None and not rows.all():  # plain numbers: no missing policy
+        first = int(np.flatnonzero(~rows)[0])
+        raise DataError(f"{config.data}: data row {first + 1} has a missing value")
+    if not rows.any():
+        raise DataError(f"{config.data}: has no rows with values to fold in")
+    encoding = None
+    if parent.model.encoding is not None:
+        from .tables import Encoding
+
+        encoding = Encoding.from_json(parent.model.encoding)
+    return Dataset(
+        X=np.ascontiguousarray(X[rows]),
+        y=np.ascontiguousarray(y[rows], dtype=np.float64),
+        feature_names=parent.model.feature_names,
+        target_name=parent.model.target_name,
+        source=config.data,
+        encoding=encoding,
+        dropped=int((~rows).sum()),
+    )
 
 
 def _run(
@@ -177,6 +293,9 @@ def _run(
     resume: bool,
     should_stop: Callable[[], bool] | None,
     world: World,
+    *,
+    parent: Parent | None = None,
+    update: bool = False,
 ) -> RunResult:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
@@ -186,6 +305,12 @@ def _run(
     data, val_data = split(shard(data, world), fraction=config.val_fraction, seed=config.seed)
     X, y = data.X, data.y
     sums = moments(X, y, world=world)  # one pass: standardization and least squares
+    ols = least_squares(X, y, world, sums=sums)
+    state = None
+    if update:  # every row so far: the parent's state and these rows' merged
+        assert parent is not None and parent.model.state is not None
+        state = parent.model.state.merge(FitState.of(ols))
+        ols, sums = state.least_squares(), state.moments()
     stats = sums.column_stats(data.features)
     warnings = [
         f"feature {name!r} is constant in the training data: its weight is 0 and the "
@@ -194,9 +319,9 @@ def _run(
         if std == 0
     ]
     if dropped:
-        why = "--missing drop" if config.missing == "drop" else "the target was missing"
+        policy = data.encoding.missing if data.encoding is not None else config.missing
+        why = "--missing drop" if policy == "drop" else "the target was missing"
         warnings.insert(0, f"{dropped} row(s) with missing values were dropped ({why})")
-    ols = least_squares(X, y, world, sums=sums)
     precondition = choose_precondition(config, ols, Scaling(mean=stats.mean, scale=stats.scale))
     scaling = precondition.scaling
     _check_representable(config, dtype)
@@ -239,6 +364,9 @@ def _run(
         world=world,
         optimum=ols.mse,
         full_batch_loss=_full_batch_loss(ols, scaling),
+        initial=None
+        if parent is None
+        else scaling.from_data_units(parent.model.weight, parent.model.bias),
     )
     train_seconds = time.perf_counter() - start
     collinear = collinearity_warning(ols)  # for the record: training does not need it
@@ -254,13 +382,16 @@ def _run(
     # gap is not negative beyond float64 rounding). One pass gives them, those of the
     # least-squares parameters and the Durbin-Watson statistic of its residuals.
     runs: list[ResidualRun] = []
-    fit, ls_fit = linear_fits(
-        X,
-        y,
-        [(weight, bias), (ols.weight, ols.bias)],
-        world,
-        each=lambda chunk, y_rows: runs.append(chunk_residual_run(chunk, y_rows, ols)),
-    )
+    if state is not None:  # over every row so far: from the state (no Durbin-Watson)
+        fit, ls_fit = state.fit(weight, bias), state.fit(ols.weight, ols.bias)
+    else:
+        fit, ls_fit = linear_fits(
+            X,
+            y,
+            [(weight, bias), (ols.weight, ols.bias)],
+            world,
+            each=lambda chunk, y_rows: runs.append(chunk_residual_run(chunk, y_rows, ols)),
+        )
     if local_digest is not None:
         data_sha256 = fingerprint(data, world, local=local_digest.result())
     assert data_sha256 is not None
@@ -319,6 +450,8 @@ def _run(
         best_epoch=trained.best_epoch,
         strategy=f"{trained.strategy.kind.name}: {trained.strategy.reason}",
         not_converged=not_converged,
+        parent=parent,
+        new_samples=data.samples if update else None,
     )
 
 

@@ -58,42 +58,18 @@ def model_encoding(model: ModelFile) -> Encoding:
     )
 
 
-def predict_file(
-    model_path: Path,
+def read_for_model(
+    model: ModelFile,
     data_path: Path | str,
     target: str | None = None,
     *,
-    intervals: bool = False,
-    confidence: float | None = None,
     unknown: str = "error",
     fmt: str | None = None,
-) -> Prediction:
-    """Load the model, find its columns in the data, encode them as in training (levels,
-    fill values), predict in float64.
-
-    Files with a header are matched by the column names recorded in the model (any order,
-    other columns ignored; the target is ``target`` or the model's target name, when
-    present). Files without one are matched by position: as many columns as the model's
-    are its columns, one more has the target (the last unless ``target`` says otherwise),
-    as many as the training file are that file's.
-
-    ``unknown`` (``zero``): a categorical level not seen in training gets all-zero
-    indicators (the reference level) instead of an error. With ``intervals``, each
-    prediction gets the confidence interval of the mean response and the prediction
-    interval of the least-squares fit at its row, at level ``confidence`` (default: the
-    level the model was trained with).
-    """
-    if confidence is not None and not 0 < confidence < 1:
-        raise ConfigError("confidence", "must be in (0, 1)", confidence)
-    if unknown not in UNKNOWN_POLICIES:
-        raise ConfigError("unknown_level", f"must be one of {', '.join(UNKNOWN_POLICIES)}", unknown)
-    model = load_model(model_path)
-    if intervals and model.intervals is None:
-        raise ModelFileError(
-            f"{model_path} has no interval data: its least-squares fit had no residual degrees "
-            "of freedom or linearly dependent features, or it was written by an older linreg; "
-            "retrain with this version (and more rows than features + 1) for --intervals"
-        )
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int, tuple[str, ...]]:
+    """A data file's rows encoded as the model's training rows were (its columns matched by
+    name or position, see ``predict_file``): the features (NaN rows where a row has no
+    value under --missing drop), the target (None without its column), which rows have
+    values, the cells of unseen levels, and the columns ignored."""
     encoding = model_encoding(model)
     name = str(data_path)
     if name == STDIN or text_format(name, fmt) is not None:
@@ -136,6 +112,46 @@ def predict_file(
                 else str(table.path)
             )
             raise DataError(cell_message(problem, at, header, None)) from None
+    return X, y, kept, unseen, ignored
+
+
+def predict_file(
+    model_path: Path,
+    data_path: Path | str,
+    target: str | None = None,
+    *,
+    intervals: bool = False,
+    confidence: float | None = None,
+    unknown: str = "error",
+    fmt: str | None = None,
+) -> Prediction:
+    """Load the model, find its columns in the data, encode them as in training (levels,
+    fill values), predict in float64.
+
+    Files with a header are matched by the column names recorded in the model (any order,
+    other columns ignored; the target is ``target`` or the model's target name, when
+    present). Files without one are matched by position: as many columns as the model's
+    are its columns, one more has the target (the last unless ``target`` says otherwise),
+    as many as the training file are that file's.
+
+    ``unknown`` (``zero``): a categorical level not seen in training gets all-zero
+    indicators (the reference level) instead of an error. With ``intervals``, each
+    prediction gets the confidence interval of the mean response and the prediction
+    interval of the least-squares fit at its row, at level ``confidence`` (default: the
+    level the model was trained with).
+    """
+    if confidence is not None and not 0 < confidence < 1:
+        raise ConfigError("confidence", "must be in (0, 1)", confidence)
+    if unknown not in UNKNOWN_POLICIES:
+        raise ConfigError("unknown_level", f"must be one of {', '.join(UNKNOWN_POLICIES)}", unknown)
+    model = load_model(model_path)
+    if intervals and model.intervals is None:
+        raise ModelFileError(
+            f"{model_path} has no interval data: its least-squares fit had no residual degrees "
+            "of freedom or linearly dependent features, or it was written by an older linreg; "
+            "retrain with this version (and more rows than features + 1) for --intervals"
+        )
+    X, y, kept, unseen, ignored = read_for_model(model, data_path, target, unknown=unknown, fmt=fmt)
     predictions = np.full(X.shape[0], np.nan)
     predictions[kept] = model.predict(X[kept])
     bands = None

@@ -30,7 +30,12 @@ def metrics_document(result: RunResult) -> dict[str, Any]:
             "dropped_rows": result.dropped_rows,
             "columns": _columns(data.encoding),
             "missing": None if data.encoding is None else data.encoding.missing,
+            # linreg update: the rows read now (samples counts the parent's rows too)
+            "new_samples": result.new_samples,
         },
+        # the model the run started from (--init-model, linreg update), else null
+        "parent": None if result.parent is None else result.parent.as_dict(),
+        "update": result.new_samples is not None,
         "params": result.params.to_dict(),
         "true_params": result.true_params.to_dict() if result.true_params else None,
         "ols_params": Params(result.ols.weight, result.ols.bias).to_dict(),

@@ -110,6 +110,7 @@ def train(
     optimum: float | None = None,
     read_every: int | None = None,
     full_batch_loss: FullBatchLoss | None = None,
+    initial: tuple[np.ndarray, float] | None = None,
 ) -> Trained:
     """Fit ``nn.Linear`` to the training rows: ``X`` and ``y`` tensors on the training
     device, or a Source that yields them (see batches.py).
@@ -126,7 +127,8 @@ def train(
     of the loss (default: the strategy's, every epoch on the CPU, CUDA_READ_EVERY on CUDA).
     ``full_batch_loss``: the training rows' loss as a function of the parameters, if known
     (see FullBatchLoss): CPU full batches take epochs from it, and mini-batch runs measure
-    the full-batch loss of each epoch's parameters with it.
+    the full-batch loss of each epoch's parameters with it. ``initial``: the (weight, bias)
+    in training units the model starts from (a warm start), instead of zeros.
 
     The model returned holds the parameters of the lowest full-batch loss recorded (see
     _keep_best). Under torchrun (``world``) each rank holds a shard; the model is wrapped
@@ -138,6 +140,10 @@ def train(
     source = X if isinstance(X, Source) else TensorSource(X, _given(y))
     sizes = world.shard_sizes(int(world.sum(source.n))) if world.distributed else [source.n]
     model = build_model(source.d, device=source.device, dtype=source.dtype)
+    if initial is not None:
+        with torch.no_grad():
+            model.weight.copy_(torch.as_tensor(initial[0]).reshape(1, -1))
+            model.bias.fill_(float(initial[1]))
     optimizer = _optimizer(model, config, lr, momentum, source)
     choice = choose_epochs(
         source, config, sizes=sizes, world=world, factored=full_batch_loss is not None
