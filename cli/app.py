@@ -20,6 +20,7 @@ from regression.config import TrainConfig, parse_lr, parse_momentum
 from regression.errors import (
     ConfigError,
     DataError,
+    DriftDetected,
     ModelFileError,
     NotConvergedError,
     OutputExistsError,
@@ -665,6 +666,58 @@ def update(
 
 
 @app.command()
+def runs(
+    folder: Annotated[
+        Path, typer.Argument(help="A folder of run directories.", show_default=True)
+    ] = Path("runs"),
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document: the runs, newest first.")
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Show the N newest runs only.", show_default=False),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+) -> None:
+    """List the run directories, newest first: time, data, rows, R2, optimality gap,
+    convergence and the first coefficients (from each metrics.json; incomplete and foreign
+    directories are listed as such)."""
+    from .history import run_runs
+
+    run_runs(folder, json_output=json_output, limit=limit)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run directory (or its metrics.json).")],
+    run_b: Annotated[Path, typer.Argument(help="The run to compare it with.")],
+    confidence: Annotated[
+        float, typer.Option(help="Level of the test, in (0, 1): drift is p < 1 - level.")
+    ] = 0.95,
+    fail_on_drift: Annotated[
+        bool,
+        typer.Option("--fail-on-drift", help="Exit 4 when any coefficient moved significantly."),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document: the comparison.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")
+    ] = False,
+) -> None:
+    """Compare the coefficients of two runs: both estimates, the difference, and a z-test of
+    it, z = (b - a) / sqrt(se_a^2 + se_b^2), which treats the two fits as independent
+    (from different rows); also the change in R2 and residual std err."""
+    from .history import run_compare
+
+    run_compare(
+        run_a, run_b, confidence=confidence, fail_on_drift=fail_on_drift, json_output=json_output
+    )
+
+
+@app.command()
 def generate(
     out: Annotated[
         Path, typer.Option(help="File to write: .csv, .tsv, .npy or .npz.", show_default=False)
@@ -830,6 +883,7 @@ EXIT_CODES: list[tuple[type[RegressionError], ExitCode]] = [
     (ModelFileError, ExitCode.USAGE),
     (OutputExistsError, ExitCode.USAGE),
     (NotConvergedError, ExitCode.NOT_CONVERGED),
+    (DriftDetected, ExitCode.DRIFT),
     (RegressionError, ExitCode.FAILURE),
 ]
 

@@ -42,6 +42,10 @@ class NotConvergedError(RegressionError):
     converge."""
 
 
+class DriftDetected(RegressionError):
+    """``linreg compare --fail-on-drift``: a coefficient moved significantly between runs."""
+
+
 class DeviceUnavailableError(RegressionError):
     """The requested device does not exist on this machine."""
 
