@@ -70,7 +70,8 @@ def linreg(
 ) -> None:
     """Fit linear regressions with PyTorch (nn.Linear + SGD on MSELoss) from the shell.
 
-    Exit codes: 0 success, 1 failure while running, 2 invalid usage or input,
+    Exit codes: 0 success, 1 failure while running, 2 invalid usage or input, 3 not
+    converged (--require-converged), 4 drift (compare --fail-on-drift),
     130/143 interrupted by SIGINT/SIGTERM.
     """
 
@@ -582,7 +583,7 @@ def update(
         typer.Option(help="Run directory [default: a new runs/<UTC time>].", show_default=False),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Allow a non-empty --out; its files are replaced.")
+        bool, typer.Option("--overwrite", help="Allow a non-empty --out; its files are replaced.")
     ] = False,
     epochs: Annotated[int, typer.Option(help="Most epochs (>= 1).")] = DEFAULTS.epochs,
     tol: Annotated[float, typer.Option(help="Stopping tolerance (>= 0).")] = DEFAULTS.tol,

@@ -26,13 +26,23 @@ def help_text(*command: str) -> str:
     return done.stdout
 
 
+COMMANDS = ("train", "predict", "update", "runs", "compare", "generate")
+
+
 def options_in(text: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - {"--help"}
 
 
 @pytest.mark.parametrize(
     ("command", "sample"),
-    [(["train"], "--no-plot"), (["predict"], "--target"), (["generate"], "--samples")],
+    [
+        (["train"], "--no-plot"),
+        (["predict"], "--target"),
+        (["update"], "--data"),
+        (["runs"], "--limit"),
+        (["compare"], "--fail-on-drift"),
+        (["generate"], "--samples"),
+    ],
 )
 def test_every_option_in_help_is_in_the_readme(command: list[str], sample: str) -> None:
     options = options_in(help_text(*command))
@@ -43,7 +53,7 @@ def test_every_option_in_help_is_in_the_readme(command: list[str], sample: str) 
 
 def test_every_option_in_the_readme_exists() -> None:
     known = {"--help"} | options_in(help_text())
-    for command in ("train", "predict", "generate"):
+    for command in COMMANDS:
         known |= options_in(help_text(command))
     pip_and_tools = {"--check", "--no-standardize", "--version"}
     pip_and_tools |= {"--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint"}
@@ -62,11 +72,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_every_command_is_in_the_readme() -> None:
     commands = re.findall(r"^  (\w+) ", help_text().split("Commands:")[1], flags=re.M)
-    assert set(commands) == {"train", "predict", "generate"}
+    assert set(commands) == set(COMMANDS)
     for command in commands:
         assert f"linreg {command}" in README
 
 
 def test_readme_has_the_exit_code_table() -> None:
-    for code in ("| 0 |", "| 1 |", "| 2 |", "| 130 |", "| 143 |"):
+    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 130 |", "| 143 |"):
         assert code in README
