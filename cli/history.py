@@ -20,7 +20,8 @@ from regression.errors import ConfigError, DataError, DriftDetected
 
 from . import output
 
-RUN_NAME_TIME = "%Y%m%dT%H%M%SZ"  # the names of the default run directories (UTC)
+# run directory names that say when: the default runs/<UTC time>, and dates (`date +%F`)
+NAME_TIMES = ("%Y%m%dT%H%M%SZ", "%Y-%m-%d", "%Y%m%d")
 COEFFICIENTS_SHOWN = 3  # the first coefficients in a listing's row (intercept first)
 
 
@@ -104,11 +105,14 @@ def list_runs(folder: Path) -> list[RunEntry]:
 
 
 def _run_time(path: Path) -> datetime:
-    stem = path.name.split("-")[0]
-    try:
-        return datetime.strptime(stem, RUN_NAME_TIME).replace(tzinfo=UTC)
-    except ValueError:
-        pass
+    """The time in the directory's name (``runs/<UTC time>``, with ``-2`` ... for runs of
+    the same second, or a date such as ``$(date +%F)`` gives), else its modification time."""
+    for name in (path.name, path.name.rsplit("-", 1)[0]):
+        for pattern in NAME_TIMES:
+            try:
+                return datetime.strptime(name, pattern).replace(tzinfo=UTC)
+            except ValueError:
+                pass
     try:
         return datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(microsecond=0)
     except OSError:

@@ -281,6 +281,7 @@ def test_runs_lists_newest_first_and_survives_foreign_folders(tmp_path: Path) ->
         data = tmp_path / f"d{k}.csv"
         write_csv(data, "x,y", [f"{i},{2 * i + k + 0.1 * (i % 3)}" for i in range(20)])
         train(tmp_path, f"runs/2026120{k + 1}T020000Z", "--data", data, "--no-plot", "-q")
+    train(tmp_path, "runs/2026-12-12", "--data", data, "--no-plot", "-q")  # $(date +%F)
     (runs / "20261210T020000Z").mkdir()  # a run that never finished: no metrics.json
     (runs / "20261211T020000Z").mkdir()
     (runs / "20261211T020000Z" / "metrics.json").write_text('{"not": "linreg"}')
@@ -289,23 +290,25 @@ def test_runs_lists_newest_first_and_survives_foreign_folders(tmp_path: Path) ->
     expect_exit(result, 0)
     listed = strict_json(result.stdout)["runs"]
     assert [Path(r["path"]).name for r in listed] == [
+        "2026-12-12",
         "20261211T020000Z",
         "20261210T020000Z",
         "20261203T020000Z",
         "20261202T020000Z",
         "20261201T020000Z",
     ]
-    assert [r["status"] for r in listed] == ["foreign", "incomplete"] + ["complete"] * 3
-    newest = listed[2]
+    assert [r["status"] for r in listed] == ["complete", "foreign", "incomplete"] + ["complete"] * 3
+    assert listed[0]["time"] == "2026-12-12T00:00:00Z"
+    newest = listed[3]
     metrics = json.loads((runs / "20261203T020000Z" / "metrics.json").read_text())
     assert newest["samples"] == 20 and newest["r2"] == metrics["train"]["r2"]
     assert newest["coefficients"]["intercept"] == metrics["params"]["bias"]
     assert newest["converged"] is metrics["converged"]
     assert newest["time"] == "2026-12-03T02:00:00Z"
-    limited = run_linreg("runs", "runs", "--limit", "2", cwd=tmp_path)
+    limited = run_linreg("runs", "runs", "--limit", "3", cwd=tmp_path)
     expect_exit(limited, 0)
     lines = limited.stdout.strip().split("\n")
-    assert len(lines) == 3 and "(foreign)" in lines[1] and "(incomplete)" in lines[2]
+    assert len(lines) == 4 and "(foreign)" in lines[2] and "(incomplete)" in lines[3]
     table = run_linreg("runs", cwd=tmp_path).stdout
     assert "d2.csv" in table and "intercept" in table
     missing = run_linreg("runs", "nowhere", cwd=tmp_path)
