@@ -686,6 +686,8 @@ def test_every_train_option_is_covered_here(tmp_path: Path) -> None:
         "--precondition", "--require-converged",
         # tested in test_tables.py
         "--exclude", "--categorical", "--missing", "--na-values", "--max-levels", "--format",
+        # tested in test_nightly.py
+        "--init-model",
     }  # fmt: skip
     result = expect_exit(run_linreg("train", "--help", cwd=tmp_path), 0)
     listed = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", result.stdout)) - {"--help"}
