@@ -160,6 +160,8 @@ class TrainConfig:
         else:  # nor do the data file's
             for name in (*TABLE_FIELDS, "format"):
                 values.pop(name, None)
+        if self.init_model is None:  # TOML has no null: absent means none
+            del values["init_model"]
         return values
 
 
