@@ -164,7 +164,7 @@ def run_training(
     parent = load_parent(config.init_model, update=update) if config.init_model else None
     if data is None and update:
         assert parent is not None and config.data is not None
-        data = read_update_rows(parent, config)
+        data, parent = read_update_rows(parent, config)
     if data is None:
         data = (
             load_dataset(
@@ -249,12 +249,26 @@ def load_parent(path: str, *, update: bool) -> Parent:
     return Parent(path=Path(path), sha256=digest.hexdigest(), model=model)
 
 
-def read_update_rows(parent: Parent, config: TrainConfig) -> Dataset:
-    """The new rows of linreg update, encoded as the parent model's were (its columns,
-    levels and fill values); a row the model's --missing policy drops is left out."""
+def read_update_rows(parent: Parent, config: TrainConfig) -> tuple[Dataset, Parent]:
+    """The new rows of linreg update, read with the parent model's columns and --missing
+    policy (a row it drops is left out), and the parent as they see it.
+
+    Where new rows can move the encoding (categorical levels, fill values: see
+    ``folding``), both sides are brought to the encoding of all their rows together, the
+    one ``linreg train`` would choose on them; otherwise the rows are encoded as the
+    model's were."""
+    from . import folding
     from .predict import read_for_model
+    from .tables import Encoding
 
     assert config.data is not None
+    model = parent.model
+    encoding = None if model.encoding is None else Encoding.from_json(model.encoding)
+    if encoding is not None and folding.moves(encoding):
+        options = folding.read_options(encoding, config.target)
+        new = load_dataset(config.data, options=options, fmt=config.format)
+        model, data = folding.fold(model, new, label=config.data)
+        return data, replace(parent, model=model)
     X, y, kept, _, _ = read_for_model(parent.model, config.data, config.target, fmt=config.format)
     if y is None:
         raise DataError(
@@ -267,12 +281,7 @@ def read_update_rows(parent: Parent, config: TrainConfig) -> Dataset:
         raise DataError(f"{config.data}: data row {first + 1} has a missing value")
     if not rows.any():
         raise DataError(f"{config.data}: has no rows with values to fold in")
-    encoding = None
-    if parent.model.encoding is not None:
-        from .tables import Encoding
-
-        encoding = Encoding.from_json(parent.model.encoding)
-    return Dataset(
+    data = Dataset(
         X=np.ascontiguousarray(X[rows]),
         y=np.ascontiguousarray(y[rows], dtype=np.float64),
         feature_names=parent.model.feature_names,
@@ -281,6 +290,7 @@ def read_update_rows(parent: Parent, config: TrainConfig) -> Dataset:
         encoding=encoding,
         dropped=int((~rows).sum()),
     )
+    return data, parent
 
 
 def _run(

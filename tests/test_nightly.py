@@ -136,9 +136,74 @@ def test_a_million_rows_updated_nine_times_are_one_fit(million: dict[str, TrainR
     )
 
 
+def regional_rows(rng: np.random.Generator, n: int, shares: dict[str, float]) -> list[str]:
+    """``region,x,y`` lines: y = 1 + 2x + a level effect + noise, a share of x missing."""
+    levels = list(shares)
+    region = rng.choice(levels, size=n, p=list(shares.values()))
+    effect = {"north": 0.0, "south": 0.7, "east": -0.4, "west": 1.3}
+    x = rng.random(n) * 4
+    y = 1 + 2 * x + np.array([effect[r] for r in region]) + 0.05 * rng.normal(size=n)
+    cells = [repr(v) for v in x.tolist()]
+    for k in rng.choice(n, size=n // 10, replace=False):
+        cells[k] = "NA"
+    return [f"{r},{a},{b!r}" for r, a, b in zip(region, cells, y.tolist(), strict=True)]
+
+
+def test_new_levels_references_and_fill_values_fold_in(tmp_path: Path) -> None:
+    """update(update(A, B), C) equals one fit on A+B+C when the encoding itself moves: B
+    brings a level A never had (west), C makes another level the most frequent (so the
+    reference changes from north to south), and --missing mean's fill values become the
+    mean of every observed cell. The oracle is ``linreg train`` on all the rows (its
+    encoding: levels, reference, fills) and np.linalg.lstsq on that coding."""
+    rng = np.random.default_rng(3)
+    parts = [
+        regional_rows(rng, 60, {"north": 0.6, "south": 0.25, "east": 0.15}),
+        regional_rows(rng, 50, {"north": 0.4, "south": 0.3, "east": 0.1, "west": 0.2}),
+        regional_rows(rng, 90, {"north": 0.1, "south": 0.7, "east": 0.1, "west": 0.1}),
+    ]
+    header = "region,x,y"
+    files = [write_csv(tmp_path / f"part{k}.csv", header, rows) for k, rows in enumerate(parts)]
+    whole_file = write_csv(tmp_path / "all.csv", header, [r for rows in parts for r in rows])
+    first = train(tmp_path, "first", "--data", files[0], "--missing", "mean", *F64)
+    names = first.metrics["data"]["feature_names"]
+    assert names == ["region=east", "region=south", "x", "missing(x)"]
+    second = update(tmp_path, first.out / "model.safetensors", files[1], "second", "-q")
+    third = update(tmp_path, second.out / "model.safetensors", files[2], "third", "-q")
+    whole = train(tmp_path, "whole", "--data", whole_file, "--missing", "mean", *F64)
+    names = ["region=east", "region=north", "region=west", "x", "missing(x)"]
+    assert third.metrics["data"]["feature_names"] == whole.metrics["data"]["feature_names"] == names
+    assert_same_fit(third, whole)
+    encodings = [
+        json.loads(load_model(run.out / "model.safetensors").encoding or "null")
+        for run in (third, whole)
+    ]
+    assert encodings[0]["columns"][0]["reference"] == "south"
+    for mine, theirs in zip(encodings[0]["columns"], encodings[1]["columns"], strict=True):
+        assert mine["levels"] == theirs["levels"] and mine["reference"] == theirs["reference"]
+        assert mine["indicator"] == theirs["indicator"]
+        if theirs["fill"] is not None:
+            assert mine["fill"] == pytest.approx(theirs["fill"], rel=EQUAL)
+    # the oracle: lstsq on all the rows, coded with south as the reference, x's NA filled
+    cells = [line.split(",") for rows in parts for line in rows]
+    region = np.array([c[0] for c in cells])
+    x = np.array([np.nan if c[1] == "NA" else float(c[1]) for c in cells])
+    missing = np.isnan(x)
+    x[missing] = np.mean(x[~missing])
+    X = np.column_stack(
+        [region == "east", region == "north", region == "west", x, missing, np.ones(len(x))]
+    ).astype(float)
+    oracle = np.linalg.lstsq(X, np.array([float(c[2]) for c in cells]), rcond=None)[0]
+    np.testing.assert_allclose(coefficients(third.metrics), oracle, rtol=EQUAL, atol=1e-12)
+    # predict reads the joined coding: a row of the new level west is predicted
+    result = run_linreg(
+        "predict", third.out / "model.safetensors", "--data", files[1], cwd=tmp_path
+    )
+    expect_exit(result, 0)
+
+
 def test_categorical_levels_and_the_missing_policy_carry_over(tmp_path: Path) -> None:
-    """An update encodes the new rows as the model did (its levels, reference and --missing
-    drop): the result is lstsq on all the kept rows, coded the model's way."""
+    """An update reads the new rows as the model did (its columns in any order, its
+    --missing drop): the result is lstsq on all the kept rows, coded the model's way."""
     rng = np.random.default_rng(3)
     levels = np.array(["north", "south", "east"])
 
@@ -177,12 +242,13 @@ def test_categorical_levels_and_the_missing_policy_carry_over(tmp_path: Path) ->
     y = np.concatenate([y_old, y_new[keep]])
     oracle = np.linalg.lstsq(np.column_stack([X, np.ones(len(y))]), y, rcond=None)[0]
     np.testing.assert_allclose(coefficients(later.metrics), oracle, rtol=EQUAL, atol=1e-12)
-    unseen = write_csv(tmp_path / "unseen.csv", "region,x,y", ["west,1.0,2.0", "north,2.0,5.0"])
+    # a number column of the model with text in the new rows cannot be folded in
+    text = write_csv(tmp_path / "text.csv", "region,x,y", ["north,lots,2.0", "north,2.0,5.0"])
     result = run_linreg(
-        "update", first.out / "model.safetensors", "--data", unseen, "--out", "bad", cwd=tmp_path
+        "update", first.out / "model.safetensors", "--data", text, "--out", "bad", cwd=tmp_path
     )
     expect_exit(result, 2)
-    assert_one_error(result, "'west'", "region")
+    assert_one_error(result, "'x'", "text")
     assert not (tmp_path / "bad" / "metrics.json").exists()
 
 
