@@ -637,7 +637,7 @@ def update(
     if plot is not None and no_plot:
         raise ConfigError("plot", "cannot be combined with --no-plot", str(plot))
     config = TrainConfig(
-        data="-" if str(data) == "-" else str(data.resolve()),
+        data="-" if str(data) == "-" else os.path.abspath(data),
         target=target,
         format=data_format,
         epochs=epochs,
@@ -645,7 +645,7 @@ def update(
         patience=patience,
         device="cpu",
         dtype="float64",
-        init_model=str(model.resolve()),
+        init_model=os.path.abspath(model),
     )
     from .train_command import run_train
 
@@ -778,7 +778,7 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
     if isinstance(na_values, str):  # from the command line: one comma-separated string
         na_values = na_values.split(",")
     return TrainConfig(
-        data=None if data is None else "-" if str(data) == "-" else str(Path(data).resolve()),
+        data=None if data is None else "-" if str(data) == "-" else os.path.abspath(data),
         target=values["target"],
         feature_columns=columns,
         exclude=tuple(values["exclude"] or ()),
@@ -805,9 +805,7 @@ def _train_config(values: dict[str, Any], sources: dict[str, str]) -> TrainConfi
         device=values["device"],
         dtype=values["dtype"],
         checkpoint_every=values["checkpoint_every"],
-        init_model=None
-        if values["init_model"] is None
-        else str(Path(values["init_model"]).resolve()),
+        init_model=None if values["init_model"] is None else os.path.abspath(values["init_model"]),
     )
 
 
@@ -869,7 +867,7 @@ def _resume_values(
             f"{run_dir / CONFIG_FILE}",
             None,
         )
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not (run_dir / CONFIG_FILE).exists():  # what exists is read only if a regular file
         raise ConfigError("resume", f"needs a run directory with {CONFIG_FILE}", str(run_dir))
     saved = settings.read_config(run_dir / CONFIG_FILE)
     for key in settings.TRAINING_KEYS:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from regression import safeio
 from regression.artifacts import METRICS_FILE, to_json
 from regression.errors import ConfigError, DataError, DriftDetected
 
@@ -23,6 +24,8 @@ from . import output
 # run directory names that say when: the default runs/<UTC time>, and dates (`date +%F`)
 NAME_TIMES = ("%Y%m%dT%H%M%SZ", "%Y-%m-%d", "%Y%m%d")
 COEFFICIENTS_SHOWN = 3  # the first coefficients in a listing's row (intercept first)
+# a metrics document is a few kilobytes per feature: one larger than this is not linreg's
+MAX_METRICS_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,13 @@ def _coefficients(data: dict[str, Any], params: dict[str, Any]) -> dict[str, flo
 
 def read_metrics(path: Path) -> dict[str, Any] | None:
     """A run directory's metrics document; None when it is not one of linreg's (schema 1
-    with data, parameters and statistics). OSError when it cannot be read at all."""
+    with data, parameters and statistics). OSError when it cannot be read at all, DataError
+    when it is not a regular file or larger than any metrics document (read within that
+    bound, so a link to a device costs no memory)."""
+    raw = safeio.read_bounded(path, limit=MAX_METRICS_BYTES, refuse=DataError)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(document, dict) or document.get("schema") != 1:
         return None
@@ -91,13 +97,12 @@ def list_runs(folder: Path) -> list[RunEntry]:
             continue
         metrics_path = child / METRICS_FILE
         metrics: dict[str, Any] | None = None
-        try:
-            if metrics_path.is_file():
-                metrics = read_metrics(metrics_path)
-                status = "complete" if metrics is not None else "foreign"
-            else:
-                status = "incomplete"
-        except OSError:
+        try:  # a device, a FIFO or a folder named metrics.json is refused unread: foreign
+            metrics = read_metrics(metrics_path)
+            status = "complete" if metrics is not None else "foreign"
+        except FileNotFoundError:
+            status = "incomplete"
+        except (OSError, DataError):
             status = "foreign"
         entries.append(RunEntry(child, _run_time(child), status, metrics))
     entries.sort(key=lambda entry: (entry.time, entry.path.name), reverse=True)

@@ -8,13 +8,17 @@ not available the figure is drawn in the process itself.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import signal
 import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from regression import artifacts
 from regression.errors import OutputError
 
 
@@ -29,7 +33,14 @@ class PlotWorker:
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
             self.process = context.Process(target=_serve, args=(child,), daemon=True)
-            self.process.start()
+            # the child is born with SIGINT and SIGTERM blocked and unblocks them once its own
+            # handlers are in place: until then it holds this process's, which would raise
+            # Interrupted in it (a traceback on stderr) when a failing run ends it at once
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            try:
+                self.process.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child.close()
         except OSError:  # no process to spare: draw in this process instead
             self.connection = self.process = None
@@ -69,10 +80,15 @@ class PlotWorker:
             self.connection = None
 
 
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _serve(connection: Connection) -> None:
-    # the parent handles Ctrl-C and SIGTERM and ends this process itself
+    # the parent handles Ctrl-C and SIGTERM, and ends this process itself (close)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    artifacts.WRITING.clear()  # the parent's, if it was writing: not this process's to remove
+    signal.signal(signal.SIGTERM, _leave)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by PlotWorker until now
     from plots.figures import warm_up
 
     warm_up()  # imports Matplotlib and loads fonts while the parent trains
@@ -89,9 +105,18 @@ def _serve(connection: Connection) -> None:
         connection.send(("error", f"cannot draw {path}: {type(exc).__name__}: {exc}"))
 
 
+def _leave(number: int, frame: FrameType | None) -> None:
+    """SIGTERM: the parent gave up on the figure. End at once, taking away the temporary
+    file of a figure being written; not by raising SystemExit, which lands wherever the
+    process is, in a finalizer too, where it is only printed."""
+    for tmp in list(artifacts.WRITING):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    os._exit(128 + number)
+
+
 def _draw(figure: dict[str, Any], path: Path) -> None:
     from plots.figures import FigureData, Line, figure_bytes, figure_format, regression_figure
-    from regression import artifacts
 
     fields = dict(figure)
     for name in ("fitted", "reference"):

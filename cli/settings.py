@@ -17,7 +17,11 @@ import typer
 
 from regression.config import to_toml
 from regression.errors import ConfigError
+from regression.safeio import read_bounded
 
+# a config file is read whole: a few hundred bytes of options, refused beyond this
+MAX_CONFIG_BYTES = 16 << 20
+CONFIG_ADVICE = "give the path of a TOML file of options"
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -117,13 +121,19 @@ def from_env(setting: Setting, text: str) -> Any:
 def read_config(path: Path) -> dict[str, Any]:
     """A TOML file of option values, checked key by key; relative paths in it are taken
     relative to the file's folder, so a config works from any working directory (cron)."""
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError("config", f"file {message}", None)
+
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        raw = read_bounded(path, limit=MAX_CONFIG_BYTES, refuse=refuse, advice=CONFIG_ADVICE)
+        document = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError("config", "must be an existing TOML file", str(path)) from None
     except OSError as exc:
         raise ConfigError("config", f"cannot be read ({exc.strerror})", str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"file {path} is not UTF-8 text: {exc}", None) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"file {path} is not valid TOML: {exc}", None) from None
     values: dict[str, Any] = {}

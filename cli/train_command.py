@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -56,9 +55,21 @@ def run_train(
     log = _open_log(log_file) if log_file is not None else None
     not_converged: str | None = None  # --require-converged: why the run does not count
     run = artifacts.prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    plotter = PlotWorker() if draw else None  # forked now, before torch is imported
+    plot_path = (plot if plot is not None else run.path / artifacts.PLOT_FILE) if draw else None
     config_path = run.path / artifacts.CONFIG_FILE
+    names = (
+        artifacts.CHECKPOINT_FILE,
+        artifacts.MODEL_FILE,
+        artifacts.HISTORY_FILE,
+        artifacts.METRICS_FILE,
+    )
+    outputs = artifacts.RunOutputs(
+        [config_path, *(run.path / name for name in names)]
+        + ([plot_path] if plot_path is not None else [])
+    )
+    plotter: PlotWorker | None = None
     try:
+        plotter = PlotWorker() if draw else None  # forked now, before torch is imported
         # first, so that an interrupted run can be resumed with the same options
         header = UPDATE_HEADER.format(model=config.init_model) if update else ""
         artifacts.write_text(config_path, header + to_toml(config.to_dict()))
@@ -66,7 +77,7 @@ def run_train(
             config,
             run_dir=run.path,
             resume=resume,
-            plot=(plot if plot is not None else run.path / artifacts.PLOT_FILE) if draw else None,
+            plot=plot_path,
             plotter=plotter,
             json_output=json_output,
             quiet=quiet,
@@ -77,14 +88,13 @@ def run_train(
             update=update,
         )
     except BaseException as exc:
+        try:
+            if plotter is not None:
+                plotter.close()  # after this the figure is written, or never will be
+        finally:
+            _discard(exc, run=run, outputs=outputs, resume=resume)
         if log is not None and isinstance(exc, RegressionError | Interrupted):
             log.write(f"error: {exc}")
-        if run.empty and not resume and not (run.path / artifacts.CHECKPOINT_FILE).exists():
-            # nothing to resume: the directory is left as this run found it
-            with contextlib.suppress(OSError):
-                config_path.unlink()
-                if run.created:
-                    run.path.rmdir()
         raise
     finally:
         if plotter is not None:
@@ -96,6 +106,33 @@ def run_train(
             log.close()
     if not_converged is not None:  # exit 3, once the run directory is complete
         raise NotConvergedError(not_converged)
+
+
+def _discard(
+    exc: BaseException, *, run: artifacts.RunDir, outputs: artifacts.RunOutputs, resume: bool
+) -> None:
+    """A failed or interrupted run takes back every file it wrote, so that nothing it leaves
+    looks like a result (no model without its metrics.json), and the run directory if it
+    made it. A run that can be resumed (it wrote a checkpoint, or is a --resume) keeps the
+    checkpoint and config.toml, and its error line says how to continue."""
+    if outputs.written(run.path / artifacts.METRICS_FILE):
+        return  # the run is complete (metrics.json is last): what failed was printing it
+    config_path = run.path / artifacts.CONFIG_FILE
+    checkpoint_path = run.path / artifacts.CHECKPOINT_FILE
+    resumable = resume or outputs.written(checkpoint_path)
+    kept = {checkpoint_path, config_path} if resumable else {checkpoint_path}
+    left = outputs.remove(keep=kept)
+    run.remove_if_created()
+    if left:
+        _add_to_message(exc, f"could not remove {', '.join(map(str, left))}; remove them by hand")
+    if resumable and isinstance(exc, OutputError | Interrupted):
+        _add_to_message(exc, f"continue with: linreg train --resume {run.path}")
+
+
+def _add_to_message(exc: BaseException, note: str) -> None:
+    """Extend the message that main() prints as the one error line."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}; {note}",)
 
 
 # config.toml of an update run: its options, and that `train --config` does not repeat it
@@ -155,11 +192,8 @@ def _train_and_write(
             )
     except TrainingStopped as stopped:
         assert STOP.received is not None
-        if stopped.saved:
-            detail = (
-                f"checkpoint of epoch {stopped.epoch} saved; continue with: "
-                f"linreg train --resume {run_dir}"
-            )
+        if stopped.saved:  # run_train adds how to continue
+            detail = f"checkpoint of epoch {stopped.epoch} saved"
         else:
             detail = (
                 f"stopped after epoch {stopped.epoch}, no results were written "
@@ -251,6 +285,8 @@ def _check_plot_path(plot: Path) -> None:
         raise ConfigError("plot", f"must end in {', '.join(FORMATS)}", str(plot))
     if not plot.parent.is_dir():
         raise OutputError(f"--plot {plot}: directory {plot.parent} does not exist")
+    if not os.access(plot.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write --plot {plot}: directory {plot.parent} is not writable")
 
 
 def _open_log(path: Path) -> output.LogFile:

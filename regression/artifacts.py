@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, safeio
 from .errors import ModelFileError, OutputError, OutputExistsError
 
 if TYPE_CHECKING:
@@ -29,6 +29,16 @@ HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.toml"
 PLOT_FILE = "plot.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# what a model or checkpoint file may be, read back: a model's three D x D factors (whiten,
+# intervals, least-squares state) are 24 D^2 bytes, so this holds 6,600 features; and
+# safetensors' own bound on its JSON header
+MAX_FILE_BYTES = 1 << 30
+MAX_HEADER_BYTES = 100_000_000
+
+
+# the temporary files this process is writing (atomic_writer), for what must end it at once,
+# with os._exit rather than an exception: it removes them first (cli/plot_worker.py)
+WRITING: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -43,6 +53,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    WRITING.add(tmp)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -56,6 +67,8 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+    finally:
+        WRITING.discard(tmp)
 
 
 def _umask() -> int:
@@ -104,10 +117,13 @@ class RunDir:
     linreg run from writing to it at the same time (``flock``, released when the process
     ends, however it ends)."""
 
-    def __init__(self, path: Path, *, created: bool, empty: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, created: bool, empty: bool = True, parents: tuple[Path, ...] = ()
+    ) -> None:
         self.path = path
         self.created = created  # this run made the directory
         self.empty = empty  # it held nothing before this run
+        self.parents = parents  # the folders above it that this run made, innermost first
         self._fd: int | None = None
 
     def lock(self) -> None:
@@ -130,6 +146,59 @@ class RunDir:
             os.close(self._fd)
             self._fd = None
 
+    def remove_if_created(self) -> None:
+        """Remove the directory if this run made it and it is empty (a failed run), and the
+        folders above it that the run made for it, up to the first that is not empty."""
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty: something is kept, or not ours
+                for folder in (self.path, *self.parents):
+                    folder.rmdir()
+
+
+class RunOutputs:
+    """The files a run writes, and what was at each path before it started.
+
+    A run that fails calls ``remove``, so that nothing it wrote can be taken for a result:
+    every path whose file is not the one found there at the start (a new file, or an old one
+    this run replaced) is removed; files the run did not touch are left as they are. Judged
+    by the file itself (device, inode, modification time), not by a record of the writes,
+    so a file renamed into place just before an interrupt, or by the plotting process, is
+    found as well.
+    """
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._before = {Path(path): _identity(Path(path)) for path in paths}
+
+    def written(self, path: Path) -> bool:
+        """Whether the file at ``path`` (one of the outputs) was put there by this run."""
+        now = _identity(Path(path))
+        return now is not None and now != self._before.get(Path(path))
+
+    def remove(self, *, keep: Collection[Path] = ()) -> list[Path]:
+        """Remove what this run wrote, except the paths in ``keep``; returns the paths that
+        could not be removed."""
+        left = []
+        for path in self._before:
+            if path in keep or not self.written(path):
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(path)
+        return left
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What tells two files at one path apart: an atomic write always makes a new inode
+    (its temporary file exists while the old one does), and a link is judged as itself."""
+    try:
+        stat = os.lstat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_mtime_ns)
+
 
 def prepare_run_dir(
     out: Path | None, *, overwrite: bool, resume: bool = False, root: Path = Path("runs")
@@ -143,14 +212,14 @@ def prepare_run_dir(
     that then fails does not leave the old results looking like its own.
     """
     if out is None:
-        run = RunDir(_new_run_dir(root), created=True)
+        parents = _make_dirs(root)
+        run = RunDir(_new_run_dir(root), created=True, parents=parents)
         run.lock()
         return run
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} exists and is not a directory")
-    created = not out.exists()
-    _make_dirs(out)
-    run = RunDir(out, created=created, empty=not any(out.iterdir()))
+    made = _make_dirs(out)
+    run = RunDir(out, created=bool(made), empty=not any(out.iterdir()), parents=made[1:])
     run.lock()
     try:
         if not resume and any(out.iterdir()) and not overwrite:
@@ -171,7 +240,6 @@ def prepare_run_dir(
 
 def _new_run_dir(root: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    _make_dirs(root)
     for attempt in range(1, 1000):
         candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
         try:
@@ -184,11 +252,18 @@ def _new_run_dir(root: Path) -> Path:
     raise OutputError(f"cannot find a free run directory name under {root}")
 
 
-def _make_dirs(path: Path) -> None:
+def _make_dirs(path: Path) -> tuple[Path, ...]:
+    """Create ``path`` and its missing parents; the folders made, ``path`` first."""
+    missing = []
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    return tuple(missing)
 
 
 # -- the model file --------------------------------------------------------------------------
@@ -339,22 +414,86 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) 
 
 def read_safetensors(path: Path, kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and metadata of a file written by ``safetensors_bytes``; ModelFileError for
-    anything else: not safetensors (a pickle, a torch.save file), truncated, or edited (the
-    checksum of the numbers and the metadata no longer matches)."""
+    anything else: not a regular file, not safetensors (a pickle, a torch.save file),
+    truncated, too large, or edited (the checksum of the numbers and the metadata no longer
+    matches)."""
+    return parse_safetensors(safetensors_file(path, kind), path, kind)
+
+
+def safetensors_file(path: Path, kind: str) -> bytes:
+    """The bytes of a safetensors file, read only when they can be one: a regular file
+    (``safeio``) of at most MAX_FILE_BYTES whose size is the one its header declares (8
+    bytes of header length, a JSON header of at most MAX_HEADER_BYTES, then the tensors up
+    to their largest data offset). The header is read first, so a file that cannot be a
+    model costs no more memory than its header; the read is then bounded by that size."""
+    advice = _ADVICE.get(kind, f"give the path of a {kind} file that linreg wrote")
+    try:
+        with safeio.open_regular(path, refuse=ModelFileError, advice=advice) as handle:
+            size = safeio.check_size(
+                handle,
+                path,
+                limit=MAX_FILE_BYTES,
+                refuse=ModelFileError,
+                advice=f"no linreg {kind} file is that large",
+            )
+            declared = _declared_size(handle, path, kind, size)
+            if declared != size:
+                raise _not_safetensors(
+                    path,
+                    kind,
+                    f"its header describes {declared} bytes, the file has {size}: truncated"
+                    if declared > size
+                    else f"{size - declared} bytes follow the data its header describes",
+                )
+            return safeio.read_all(handle, path, limit=declared, refuse=ModelFileError)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {kind} {path}: {exc.strerror or exc}") from exc
+
+
+_ADVICE = {
+    "checkpoint": "a checkpoint is a file that linreg train writes; start the run again "
+    "without --resume",
+}
+
+
+def _declared_size(handle: IO[bytes], path: Path, kind: str, size: int) -> int:
+    """The size of the file that the safetensors header at the start of ``handle`` says."""
+    head = handle.read(8)
+    if len(head) < 8:
+        raise _not_safetensors(path, kind, f"{len(head)} bytes, shorter than its header length")
+    length = int.from_bytes(head, "little")
+    if length > MAX_HEADER_BYTES:
+        raise _not_safetensors(path, kind, f"a header length of {length} bytes")
+    if 8 + length > size:
+        raise _not_safetensors(path, kind, f"a header of {length} bytes in a file of {size}")
+    try:
+        header = json.loads(handle.read(length))
+        ends = [
+            int(entry["data_offsets"][1])
+            for name, entry in header.items()
+            if name != "__metadata__"
+        ]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        raise _not_safetensors(path, kind, f"unreadable header: {exc}") from exc
+    return 8 + length + max(ends, default=0)
+
+
+def _not_safetensors(path: Path, kind: str, reason: str) -> ModelFileError:
+    return ModelFileError(f"{path} is not a linreg {kind} file (not safetensors: {reason})")
+
+
+def parse_safetensors(
+    raw: bytes, path: Path, kind: str
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of the bytes of a safetensors file (``safetensors_file``)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {kind} {path}: {exc.strerror or exc}") from exc
-    try:
         tensors = load(raw)
         metadata = _header_metadata(raw)
     except (SafetensorError, ValueError, OverflowError) as exc:
-        raise ModelFileError(
-            f"{path} is not a linreg {kind} file (not safetensors: {exc})"
-        ) from exc
+        raise _not_safetensors(path, kind, str(exc)) from exc
     if "sha256" in metadata and metadata["sha256"] != _checksum(tensors, metadata):
         raise ModelFileError(f"{path}: damaged or modified {kind} file (checksum mismatch)")
     return tensors, metadata
@@ -383,9 +522,16 @@ def load_model(path: Path) -> ModelFile:
     """Read a model file, refusing anything that is not a complete linreg model.
 
     safetensors holds raw numbers and a JSON header, so loading never executes code; a
-    pickle, a ``torch.save`` file, a truncated or edited file all fail the checks below.
+    pickle, a ``torch.save`` file, a truncated or edited file all fail the checks below, and
+    what is not a regular file of a model's size is refused before it is read
+    (``safetensors_file``).
     """
-    tensors, metadata = read_safetensors(path, "model")
+    return model_from_bytes(safetensors_file(path, "model"), path)
+
+
+def model_from_bytes(raw: bytes, path: Path) -> ModelFile:
+    """The model in the bytes of the model file ``path`` (named in the messages)."""
+    tensors, metadata = parse_safetensors(raw, path, "model")
     if metadata.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path} is not a linreg model file (no '{MODEL_FORMAT}' marker)")
     if metadata.get("format_version") != MODEL_FORMAT_VERSION:

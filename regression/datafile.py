@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from .tables import (
     encode_columns,
     merge_profiles,
     numeric_batch,
+    open_data,
     open_text,
     read_batch,
     read_header,
@@ -100,17 +101,16 @@ def read_table(
             f"{', '.join(TEXT_SUFFIXES)}, or - for CSV on stdin (--format csv|tsv where the "
             "name cannot tell)"
         )
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
     try:
-        if suffix == ".npy":
-            table = _read_npy(path, shard)
-        elif suffix == ".npz":
-            table = _read_npz(path)
-        else:
-            table = _read_parquet(path)
+        with open_data(path) as handle:  # DataError unless a regular file
+            if suffix == ".npy":
+                table = _read_npy(path, handle, shard)
+            elif suffix == ".npz":
+                table = _read_npz(path, handle)
+            else:
+                table = _read_parquet(path, handle)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
     except PermissionError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
     except OSError as exc:
@@ -140,31 +140,59 @@ def _read_text(path: Path, shard: Callable[[int], tuple[int, int]] | None) -> Ta
     return Table(path=path, values=None, names=header.names, batch=batch, sharded=sharded)
 
 
-def _read_npy(path: Path, shard: Callable[[int], tuple[int, int]] | None = None) -> Table:
+def _read_npy(
+    path: Path, handle: BinaryIO, shard: Callable[[int], tuple[int, int]] | None = None
+) -> Table:
     """A 2-D numeric array, memory-mapped: rows are read from disk as they are used. With
     ``shard`` (under torchrun) only this rank's rows are read and checked."""
-    _check_magic(path, b"\x93NUMPY", "a .npy file")
+    _check_magic(path, handle, b"\x93NUMPY", "a .npy file")
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = _map_npy(handle)
     except ValueError as exc:
         raise DataError(f"{path}: not a numeric .npy array ({exc})") from exc
     rows = shard(array.shape[0]) if shard is not None and array.ndim == 2 else None
     return Table(path=path, values=_numeric_2d(path, array, "the array", rows), names=None)
 
 
-def _check_magic(path: Path, magic: bytes, what: str) -> None:
-    with path.open("rb") as handle:
-        if handle.read(len(magic)) != magic:
-            raise DataError(f"{path}: not {what} (wrong file signature)")
+def _map_npy(handle: BinaryIO) -> np.ndarray:
+    """The .npy array in ``handle``, mapped read-only (the mapping keeps the file open):
+    ``np.load`` maps only a path, which it would open again, unchecked. ValueError for a
+    file that is not a numeric .npy array."""
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = npy.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy.read_array_header_2_0(handle)
+    else:  # 3.0 holds only structured arrays with non-Latin-1 field names
+        raise ValueError(f"format version {version[0]}.{version[1]} is not a numeric array")
+    if dtype.hasobject:
+        raise ValueError("an array of Python objects, which is never unpickled")
+    mapped: np.ndarray = np.memmap(
+        handle,
+        dtype=dtype,
+        mode="r",
+        shape=shape,
+        order="F" if fortran else "C",
+        offset=handle.tell(),
+    )
+    return mapped
 
 
-def _read_npz(path: Path) -> Table:
+def _check_magic(path: Path, handle: BinaryIO, magic: bytes, what: str) -> None:
+    if handle.read(len(magic)) != magic:
+        raise DataError(f"{path}: not {what} (wrong file signature)")
+    handle.seek(0)
+
+
+def _read_npz(path: Path, handle: BinaryIO) -> Table:
     """Arrays ``X`` (2-D) and ``y`` (1-D, or one column), or a single 2-D array."""
     import zipfile
 
-    _check_magic(path, b"PK", "an .npz archive")
+    _check_magic(path, handle, b"PK", "an .npz archive")
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(handle, allow_pickle=False)
     except (ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -197,7 +225,7 @@ def _read_npz(path: Path) -> Table:
     )
 
 
-def _read_parquet(path: Path) -> Table:
+def _read_parquet(path: Path, handle: BinaryIO) -> Table:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -205,7 +233,7 @@ def _read_parquet(path: Path) -> Table:
             f"{path}: reading .parquet needs the optional extra 'parquet' ({PARQUET_EXTRA})"
         ) from None
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(handle)
     except Exception as exc:  # pyarrow raises its own ArrowInvalid/ArrowIOError family
         raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
     names = tuple(table.column_names)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import CHECKPOINT_FILE, ModelFile, load_model
+from .artifacts import CHECKPOINT_FILE, ModelFile, model_from_bytes, safetensors_file
 from .batches import (
     Source,
     StandardizingSource,
@@ -233,20 +233,14 @@ def load_parent(path: str, *, update: bool) -> Parent:
     linreg model); ``update`` needs its least-squares state."""
     import hashlib
 
-    model = load_model(Path(path))
+    raw = safetensors_file(Path(path), "model")  # read once: the digest is of what is loaded
+    model = model_from_bytes(raw, Path(path))
     if update and model.state is None:
         raise ModelFileError(
             f"{path} carries no least-squares state (written by linreg {model.version}, "
             "before update existed): train a model on all rows with this version first"
         )
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return Parent(path=Path(path), sha256=digest.hexdigest(), model=model)
+    return Parent(path=Path(path), sha256=hashlib.sha256(raw).hexdigest(), model=model)
 
 
 def read_update_rows(parent: Parent, config: TrainConfig) -> tuple[Dataset, Parent]:

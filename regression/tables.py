@@ -34,10 +34,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 
+from . import safeio
 from .config import MAX_LEVELS, MISSING_POLICIES, NA_VALUES
 from .data import release
 from .errors import DataError
@@ -86,24 +87,31 @@ class TextFile:
             return 1
         return self.shard[1] + 1 - self.header.line
 
-    def open_binary(self) -> IO[bytes]:
+    @contextlib.contextmanager
+    def open_binary(self) -> Iterator[IO[bytes]]:
+        """The file's bytes, decompressed."""
         if self.shard is not None:
-            return io.BytesIO(self.shard[0])
-        if self.compression is None:
-            return self.path.open("rb")
-        if self.compression == ".gz":
-            return gzip.open(self.path, "rb")  # type: ignore[return-value]
-        if self.compression == ".bz2":
-            return bz2.open(self.path, "rb")
-        if _arrow() is not None:
-            import pyarrow as pa
+            yield io.BytesIO(self.shard[0])
+            return
+        if self.compression == ".zst" and _arrow() is None:
+            raise DataError(
+                f"{self.label}: reading {self.compression} files needs pyarrow "
+                "(pip install 'linreg-torch-cli[csv]')"
+            )
+        with open_data(self.path) as handle:
+            if self.compression is None:
+                yield handle
+            elif self.compression == ".gz":
+                with gzip.GzipFile(fileobj=handle, mode="rb") as unzipped:
+                    yield cast(IO[bytes], unzipped)
+            elif self.compression == ".bz2":
+                with bz2.BZ2File(handle, "rb") as unzipped:
+                    yield cast(IO[bytes], unzipped)
+            else:
+                import pyarrow as pa
 
-            stream: IO[bytes] = pa.input_stream(str(self.path), compression="zstd")
-            return stream
-        raise DataError(
-            f"{self.label}: reading {self.compression} files needs pyarrow "
-            "(pip install 'linreg-torch-cli[csv]')"
-        )
+                with pa.input_stream(handle, compression="zstd") as stream:
+                    yield stream
 
     def close(self) -> None:
         if self.spooled:
@@ -112,6 +120,13 @@ class TextFile:
 
 
 BINARY_SUFFIXES = (".npy", ".npz", ".parquet")
+DATA_ADVICE = "name a data file, or use --data - to read a pipe"
+
+
+def open_data(path: Path | str) -> BinaryIO:
+    """A data file opened for reading: DataError when it is not a regular file (a FIFO, a
+    device, a directory: ``safeio``); OSError (no such file, no permission) as it comes."""
+    return safeio.open_regular(path, refuse=DataError, advice=DATA_ADVICE)
 
 
 def text_format(path: str, fmt: str | None) -> tuple[str, str | None] | None:
@@ -140,10 +155,12 @@ def open_text(path: str, fmt: str | None) -> TextFile:
     kind = text_format(path, fmt)
     assert kind is not None
     file = Path(path)
-    if not file.exists():
-        raise DataError(f"{path}: no such file")
-    if file.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
+    try:
+        open_data(file).close()  # refused here, before its columns are looked at
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return TextFile(label=path, path=file, delimiter=DELIMITERS[kind[0]], compression=kind[1])
 
 
@@ -235,8 +252,8 @@ def shard_text(file: TextFile, shard: Callable[[int], tuple[int, int]]) -> TextF
     that start in ``shard(size)``'s range, after the header's lines (which come first, so
     that each share reads as a file of its own). The header is the whole file's."""
     header = read_header(file)
-    start, end = shard(file.path.stat().st_size)
-    with file.path.open("rb") as handle:
+    with open_data(file.path) as handle:
+        start, end = shard(safeio.size_of(handle))
         prefix = b"".join(handle.readline() for _ in range(header.line))
         if start <= len(prefix):
             position = len(prefix)
@@ -355,7 +372,7 @@ def _arrow_batches(
         stream = (
             pa.BufferReader(file.shard[0])
             if file.shard is not None
-            else pa.input_stream(str(file.path), compression=codec)
+            else pa.input_stream(open_data(file.path), compression=codec)
         )
         with stream:
             if whole:  # parsed at once, handed out a record batch at a time
