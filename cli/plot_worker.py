@@ -32,7 +32,9 @@ class PlotWorker:
         try:
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
-            self.process = context.Process(target=_serve, args=(child,), daemon=True)
+            self.process = context.Process(
+                target=_serve, args=(child, self.connection), daemon=True
+            )
             # the child is born with SIGINT and SIGTERM blocked and unblocks them once its own
             # handlers are in place: until then it holds this process's, which would raise
             # Interrupted in it (a traceback on stderr) when a failing run ends it at once
@@ -83,7 +85,11 @@ class PlotWorker:
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _serve(connection: Connection) -> None:
+def _serve(connection: Connection, parent_end: Connection) -> None:
+    # the parent's end of the pipe, inherited by the fork, is closed: a parent that dies
+    # without ending this process (killed, aborted) then gives EOF instead of a worker
+    # left waiting forever
+    parent_end.close()
     # the parent handles Ctrl-C and SIGTERM, and ends this process itself (close)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     artifacts.WRITING.clear()  # the parent's, if it was writing: not this process's to remove

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,6 +365,49 @@ def test_a_complete_run_stays_when_its_summary_cannot_be_printed(tmp_path: Path)
     assert process.wait(timeout=TIMEOUT_S) != 0  # it could not print what it was asked to
     names = ("config.toml", "model.safetensors", "history.csv", "plot.png", "metrics.json")
     assert files_under(tmp_path) == {f"run/{name}" for name in names}
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for whoever adopted it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux's /proc")
+def test_a_killed_run_leaves_no_plotting_process(tmp_path: Path) -> None:
+    """The forked plotting process waits for a figure on a pipe; when the run is killed
+    outright (SIGKILL, the OOM killer), it sees the pipe closed and ends, instead of waiting
+    forever as an orphan (it holds no copy of the parent's end)."""
+    args = ["train", "--samples", "200000", "--epochs", "100000", "--tol", "0", "-q"]
+    process = subprocess.Popen(
+        linreg_command(*args, "--out", str(tmp_path / "run")),
+        cwd=tmp_path,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not children(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = children(process.pid)
+        assert workers, "linreg train started no plotting process"
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + TIMEOUT_S  # a hang, not a speed, is what fails this
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), f"plotting process {workers} left running"
 
 
 # -- 2. a real full disk: a tmpfs of a few pages --------------------------------------------------
