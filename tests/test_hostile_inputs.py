@@ -104,10 +104,8 @@ def make_hostile(path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with data (d.csv) and a finished run with a checkpoint (run/)."""
-    root = tmp_path_factory.mktemp("hostile")
+def make_workspace(root: Path) -> Path:
+    """``root`` with data (d.csv) and a finished run with a checkpoint (run/)."""
     rng = np.random.default_rng(17)
     x = rng.normal(size=(200, 2))
     y = x @ [2.0, -1.0] + 0.5 + rng.normal(scale=0.1, size=200)
@@ -121,6 +119,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         0,
     )  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("hostile"))
 
 
 def resume_dir(root: Path, case: str, replaced: str, kind: str) -> Path:
@@ -190,8 +193,12 @@ def expected(kind: str, limit: str) -> str:
 
 @pytest.fixture(scope="module")
 def outcomes(workspace: Path) -> dict[str, tuple[Bounded, str, Path]]:
-    """Every case run once, side by side: its outcome, the needle and the hostile path's
-    folder."""
+    return run_cases(workspace)
+
+
+def run_cases(workspace: Path) -> dict[str, tuple[Bounded, str, Path]]:
+    """Every case run once, side by side: its outcome, what its error line must say and
+    the folder of its hostile path."""
     jobs: dict[str, Callable[[], tuple[Bounded, str, Path]]] = {}
     for target, (build, limit) in TARGETS.items():
         for kind in KINDS:
@@ -295,3 +302,14 @@ def test_a_file_within_its_limit_is_read_whole(tmp_path: Path) -> None:
     assert safeio.read_bounded(path, limit=100, refuse=DataError) == b"x" * 100
     with pytest.raises(DataError, match=r"is larger than 99 bytes \(100 bytes\)"):
         safeio.read_bounded(path, limit=99, refuse=DataError)
+
+
+if __name__ == "__main__":  # the table of the closing note: python tests/test_hostile_inputs.py
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        results = run_cases(make_workspace(Path(folder)))
+    print(f"{'case':44} {'exit':>4} {'peak RSS':>9}  error line")
+    for name, (bounded, _, _) in results.items():
+        line = bounded.result.stderr.strip().replace(folder, "...")
+        print(f"{name:44} {bounded.result.returncode:4} {bounded.peak_mib:6.0f} MiB  {line[:90]}")
