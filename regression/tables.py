@@ -259,7 +259,7 @@ def shard_text(file: TextFile, shard: Callable[[int], tuple[int, int]]) -> TextF
             position = len(prefix)
         else:
             handle.seek(start - 1)
-            handle.readline()  # the line under way at `start` belongs to the rank before
+            _line_bytes(handle, file.label)  # the line under way at `start` is the rank before's
             position = handle.tell()
         handle.seek(0)
         before = 0
@@ -268,7 +268,7 @@ def shard_text(file: TextFile, shard: Callable[[int], tuple[int, int]]) -> TextF
         handle.seek(position)
         data = handle.read(max(0, end - position)) if position < end else b""
         if data and not data.endswith(b"\n"):
-            data += handle.readline()  # the last line starts in this share: finish it
+            data += _line_bytes(handle, file.label)  # the last line starts here: finish it
     if position == 0 and data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]  # the byte order mark of a file without a header
     return TextFile(
@@ -281,6 +281,33 @@ def shard_text(file: TextFile, shard: Callable[[int], tuple[int, int]]) -> TextF
     )
 
 
+# the longest line read: a header of 100,000 columns fits; a file without line ends (a device's
+# bytes, a sparse file) is refused at this length instead of taking memory to its end
+MAX_LINE_CHARS = 16 << 20
+
+
+def bounded_lines(text: IO[str], label: str) -> Iterator[str]:
+    """The lines of ``text`` (what csv.reader takes), each read within MAX_LINE_CHARS:
+    DataError for a longer one, so memory stays bounded whatever the file holds."""
+    number = 0
+    while line := text.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(
+                f"{label} line {number}: longer than {MAX_LINE_CHARS:,} characters "
+                "(not a table of text lines)"
+            )
+        yield line
+
+
+def _line_bytes(handle: IO[bytes], label: str) -> bytes:
+    """One line of a binary file, within MAX_LINE_CHARS bytes (DataError beyond)."""
+    line = handle.readline(MAX_LINE_CHARS + 1)
+    if len(line) > MAX_LINE_CHARS:
+        raise DataError(f"{label}: a line longer than {MAX_LINE_CHARS:,} bytes")
+    return line
+
+
 def read_header(file: TextFile) -> Header:
     """The first non-blank row: a header when none of its cells is a number."""
     if file.header is not None:
@@ -288,7 +315,7 @@ def read_header(file: TextFile) -> Header:
     with file.open_binary() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         try:
-            reader = csv.reader(text, delimiter=file.delimiter)
+            reader = csv.reader(bounded_lines(text, file.label), delimiter=file.delimiter)
             for cells in reader:
                 if not cells or all(not cell.strip() for cell in cells):
                     continue
@@ -446,7 +473,7 @@ def _python_rows(
     missing = set(na_values)
     with file.open_binary() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        reader = csv.reader(text, delimiter=file.delimiter)
+        reader = csv.reader(bounded_lines(text, file.label), delimiter=file.delimiter)
         first = True
         try:
             for cells in reader:

@@ -184,7 +184,18 @@ TARGETS: dict[str, tuple[Target, str]] = {
     "train --resume (config.toml)": (_resume_config, "16 MiB"),
     "compare RUN (metrics.json)": (_metrics, "64 MiB"),
 }
-DATA_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".npy", ".npz", ".parquet")
+# a data file is streamed, so size is no reason to refuse one; 2 GiB of zero bytes is refused
+# for what it holds: text without a line end (read a line at a time, within a bound), or the
+# wrong signature
+SPARSE_DATA = {
+    ".csv": "line 1: longer than 16,777,216 characters",
+    ".tsv": "line 1: longer than 16,777,216 characters",
+    ".csv.gz": "Not a gzipped file",
+    ".npy": "not a .npy file (wrong file signature)",
+    ".npz": "not an .npz archive (wrong file signature)",
+    ".parquet": "not a readable parquet file",
+}
+DATA_SUFFIXES = tuple(SPARSE_DATA)
 
 
 def expected(kind: str, limit: str) -> str:
@@ -207,12 +218,13 @@ def run_cases(workspace: Path) -> dict[str, tuple[Bounded, str, Path]]:
             args = build(workspace, case, kind)
             jobs[name] = _job(args, workspace, expected(kind, limit), workspace / case)
     for suffix in DATA_SUFFIXES:
-        for kind in ("zero", "urandom", "fifo", "directory"):
+        for kind in KINDS:
             case = f"case{len(jobs)}"
             data = make_hostile(workspace / case / f"data{suffix}", kind)
             args = ["train", "--data", str(data), "--out", f"{case}-out", "--no-plot"]
+            needle = SPARSE_DATA[suffix] if kind == "sparse" else "not a regular file"
             jobs[f"train --data {suffix} is {kind}"] = _job(
-                args, workspace, "not a regular file", workspace / case
+                args, workspace, needle, workspace / case
             )
         case = f"case{len(jobs)}"
         data = make_hostile(workspace / case / f"data{suffix}", "zero")
@@ -229,11 +241,7 @@ def _job(args: list[str], cwd: Path, needle: str, folder: Path) -> Callable[[], 
 
 CASE_NAMES = [
     *(f"{target} is {kind}" for target in TARGETS for kind in KINDS),
-    *(
-        f"train --data {suffix} is {kind}"
-        for suffix in DATA_SUFFIXES
-        for kind in ("zero", "urandom", "fifo", "directory")
-    ),
+    *(f"train --data {suffix} is {kind}" for suffix in DATA_SUFFIXES for kind in KINDS),
     *(f"predict --data {suffix} is zero" for suffix in DATA_SUFFIXES),
 ]
 
@@ -261,6 +269,19 @@ def test_the_listing_of_runs_names_hostile_metrics_and_goes_on(tmp_path: Path) -
     listed = [entry["status"] for entry in json.loads(result.stdout)["runs"]]
     assert listed == ["foreign"] * len(KINDS), describe(result)
     assert bounded.peak_mib < 1024
+
+
+def test_a_line_without_an_end_after_good_rows_is_refused(tmp_path: Path) -> None:
+    """A header and a row, then 2 GiB of zero bytes without a line end: the rows are read a
+    line at a time within a bound, by the reader that names the line of a bad cell too."""
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,b,y\n1,2,3\n")
+    with data.open("r+b") as handle:
+        handle.truncate(SPARSE_BYTES)
+    bounded = run_bounded(["train", "--data", str(data), "--out", "out", "--no-plot"], tmp_path)
+    assert_one_error(expect_exit(bounded.result, 2), f"{data} line 3: longer than 16,777,216")
+    assert bounded.peak_mib < 1024
+    assert not (tmp_path / "out").exists()
 
 
 # -- the bounded read itself ------------------------------------------------------------------
