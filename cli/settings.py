@@ -136,6 +136,10 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ConfigError("config", f"file {path} is not UTF-8 text: {exc}", None) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"file {path} is not valid TOML: {exc}", None) from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(
+            "config", f"file {path} is nested too deeply to be options", None
+        ) from None
     values: dict[str, Any] = {}
     for raw_key, value in document.items():
         key = raw_key.replace("-", "_")

@@ -410,6 +410,8 @@ BAD_CONFIGS = {
     "list for lr": ("lr = [1]\n", ["'lr'"]),
     "malformed": ("epochs = 5\nseed = [\nnoise = 1\n", ["line 3"]),
     "duplicate key": ("epochs = 5\nepochs = 6\n", ["line 2"]),
+    "not UTF-8": ("epochs = 5\n# \udcff\n", ["not UTF-8 text"]),
+    "nested too deeply": ("epochs = " + "[" * 100_000 + "\n", ["nested too deeply"]),
 }
 
 
@@ -417,7 +419,7 @@ BAD_CONFIGS = {
 def test_bad_config_file_exits_2_naming_the_key(
     tmp_path: Path, text: str, needles: list[str]
 ) -> None:
-    (tmp_path / "bad.toml").write_text(text)
+    (tmp_path / "bad.toml").write_text(text, errors="surrogateescape")  # \udcff: byte 0xff
     result = expect_exit(run_linreg("train", "--config", "bad.toml", cwd=tmp_path), 2)
     assert result.stdout == ""
     assert_one_error(result, "--config", "bad.toml", *needles)
