@@ -244,13 +244,16 @@ def _train_and_write(
     if log is not None:
         for line in lines:
             log.write(line)
-    if json_output:
-        print(artifacts.to_json(metrics))
-    elif not quiet:
-        print("\n".join(lines))
-        if summary:
-            output.coefficient_table(metrics["statistics"])
-    sys.stdout.flush()
+    try:
+        if json_output:
+            print(artifacts.to_json(metrics))
+        elif not quiet:
+            print("\n".join(lines))
+            if summary:
+                output.coefficient_table(metrics["statistics"])
+        sys.stdout.flush()
+    except BrokenPipeError:  # raised past click, which would make it exit 1: main says 141
+        raise output.PipeClosed from None
     return result.not_converged if require_converged else None
 
 
