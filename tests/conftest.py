@@ -64,8 +64,21 @@ def run_linreg(
 
     ``env`` replaces the environment entirely (default: ``clean_env()``).
     """
+    return run_command(
+        linreg_command(*map(str, args), entry=entry), cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def run_command(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = TIMEOUT_S,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (linreg, or a launcher or shell that runs it) as ``run_linreg`` does."""
     return subprocess.run(
-        linreg_command(*map(str, args), entry=entry),
+        argv,
         cwd=cwd,
         env=dict(env) if env is not None else clean_env(),
         stdin=subprocess.DEVNULL,

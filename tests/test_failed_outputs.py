@@ -35,6 +35,7 @@ from conftest import (
     expect_exit,
     hidden_files,
     linreg_command,
+    run_command,
     run_concurrently,
     run_linreg,
 )
@@ -137,18 +138,7 @@ def run_full(
 ) -> subprocess.CompletedProcess[str]:
     """``linreg ARGS`` with the disk full while ``target`` is written (the launcher's SPEC:
     a file name, ``@N`` for its N-th temporary file)."""
-    return subprocess.run(
-        [sys.executable, str(launcher), target, *map(str, args)],
-        cwd=cwd,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    return run_command([sys.executable, str(launcher), target, *map(str, args)], cwd=cwd)
 
 
 def files_under(root: Path) -> set[str]:
@@ -489,16 +479,7 @@ def test_a_real_full_disk(tmp_path: Path) -> None:
             argv = ["sh", "-c", ON_TMPFS, "sh", str(mount_point), str(record)]
             argv += [str(TMPFS_PAGES * PAGE), str(free * PAGE)]
             try:
-                return subprocess.run(
-                    runner([*argv, *linreg_command(*args)]),
-                    cwd=record,
-                    env=clean_env(),
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=TIMEOUT_S,
-                    check=False,
-                )
+                return run_command(runner([*argv, *linreg_command(*args)]), cwd=record)
             finally:  # as root without a namespace, the mount is this machine's
                 if os.path.ismount(mount_point):
                     subprocess.run(["umount", str(mount_point)], check=False)
