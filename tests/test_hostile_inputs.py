@@ -58,7 +58,9 @@ def run_bounded(args: list[str], cwd: Path) -> Bounded:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
-    env = clean_env({"MALLOC_ARENA_MAX": "2"})  # glibc's per-thread arenas are address space
+    # glibc's per-thread arenas are address space, and so is a CUDA context: the refusals
+    # come before any device is used, and the limit is for what reading takes
+    env = clean_env({"MALLOC_ARENA_MAX": "2", "CUDA_VISIBLE_DEVICES": ""})
     stdout, stderr = cwd / f".out-{threading.get_ident()}", cwd / f".err-{threading.get_ident()}"
     with stdout.open("w+") as out, stderr.open("w+") as err:
         process = subprocess.Popen(
