@@ -120,8 +120,7 @@ def _discard(
     config_path = run.path / artifacts.CONFIG_FILE
     checkpoint_path = run.path / artifacts.CHECKPOINT_FILE
     resumable = resume or outputs.written(checkpoint_path)
-    kept = {checkpoint_path, config_path} if resumable else {checkpoint_path}
-    left = outputs.remove(keep=kept)
+    left = outputs.remove(keep={checkpoint_path, config_path} if resumable else ())
     run.remove_if_created()
     if left:
         _add_to_message(exc, f"could not remove {', '.join(map(str, left))}; remove them by hand")

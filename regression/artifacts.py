@@ -117,12 +117,9 @@ class RunDir:
     linreg run from writing to it at the same time (``flock``, released when the process
     ends, however it ends)."""
 
-    def __init__(
-        self, path: Path, *, created: bool, empty: bool = True, parents: tuple[Path, ...] = ()
-    ) -> None:
+    def __init__(self, path: Path, *, created: bool, parents: tuple[Path, ...] = ()) -> None:
         self.path = path
         self.created = created  # this run made the directory
-        self.empty = empty  # it held nothing before this run
         self.parents = parents  # the folders above it that this run made, innermost first
         self._fd: int | None = None
 
@@ -219,7 +216,7 @@ def prepare_run_dir(
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} exists and is not a directory")
     made = _make_dirs(out)
-    run = RunDir(out, created=bool(made), empty=not any(out.iterdir()), parents=made[1:])
+    run = RunDir(out, created=bool(made), parents=made[1:])
     run.lock()
     try:
         if not resume and any(out.iterdir()) and not overwrite:

@@ -869,6 +869,23 @@ def test_out_in_a_read_only_directory(tmp_path: Path) -> None:
         parent.chmod(0o755)
 
 
+def test_plot_in_a_read_only_directory_is_refused_before_training(tmp_path: Path) -> None:
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop writes")
+        out = tmp_path / "run"
+        result = run_linreg("train", "--plot", folder / "fig.png", "--out", out, cwd=tmp_path)
+        expect_exit(result, 1)
+        assert_one_error(result, f"directory {folder} is not writable")
+        assert not out.exists()
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
 def test_plot_in_a_missing_directory_is_refused_before_training(tmp_path: Path) -> None:
     plot = tmp_path / "missing" / "fig.png"
     out = tmp_path / "run"
